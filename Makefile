@@ -1,0 +1,43 @@
+# steerd — `make demo` and `make test` install what they need, then run.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+KVER      := $(shell uname -r)
+APT_PKGS  := python3-bpfcc bpfcc-tools python3-venv iproute2 nftables iperf3 iputils-ping \
+             prometheus systemd shellcheck
+STAMP     := $(VENV)/.installed
+
+.PHONY: all deps venv demo test test-unit test-kernel bench lint clean
+
+all: test
+
+# System packages and the kernel-header link bcc needs (idempotent).
+deps:
+	@scripts/install-deps.sh $(APT_PKGS)
+
+$(STAMP): pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+demo: venv
+	$(PY) -m steerd.lab demo
+
+test: venv
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m kernel tests/kernel
+	scripts/check-clean.sh
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-kernel: venv
+	$(PY) -m pytest -q -m kernel tests/kernel
+
+bench: venv
+	for b in tests/bench/*; do [ -x "$$b" ] && $$b; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

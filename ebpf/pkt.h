@@ -1,0 +1,112 @@
+/* Packet parsing shared by the steering classifier and the rule matcher.
+ *
+ * Fills a struct pkt from an skb at tc ingress. Addresses stay in network byte
+ * order (as on the wire); ports are converted to host order so that port
+ * ranges compare naturally. Fragments after the first carry no ports: they
+ * are parsed with ports 0 (the flow hash then keeps them on one tunnel per
+ * address pair only, which is the best a stateless classifier can do).
+ */
+#ifndef STEERD_PKT_H
+#define STEERD_PKT_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/pkt_cls.h>
+
+struct pkt {
+    u32 family;       /* 4 or 6 */
+    u32 src[4];       /* IPv4 uses src[0]; network byte order */
+    u32 dst[4];
+    u16 sport;        /* host byte order, 0 when the protocol has no ports */
+    u16 dport;
+    u8 proto;         /* L4 protocol (IPv6: first header after the fixed one) */
+    u8 dscp;          /* 0..63 */
+    u16 pad;
+    u32 len;          /* skb->len, for byte counters */
+};
+
+struct ports { u16 sport; u16 dport; };
+
+/* Returns 0 when the packet is IPv4 or IPv6 and *p is filled, -1 otherwise. */
+static __always_inline int parse_pkt(struct __sk_buff *skb, struct pkt *p)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    u32 l4off;
+    int has_ports = 0;
+
+    if ((void *)(eth + 1) > end)
+        return -1;
+    p->len = skb->len;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > end)
+            return -1;
+        p->family = 4;
+        p->src[0] = ip->saddr;
+        p->dst[0] = ip->daddr;
+        p->proto = ip->protocol;
+        p->dscp = ip->tos >> 2;
+        l4off = sizeof(*eth) + ip->ihl * 4;
+        /* only the first fragment carries the L4 header */
+        has_ports = (ip->frag_off & bpf_htons(0x1fff)) == 0;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > end)
+            return -1;
+        p->family = 6;
+        __builtin_memcpy(p->src, &ip6->saddr, 16);
+        __builtin_memcpy(p->dst, &ip6->daddr, 16);
+        p->proto = ip6->nexthdr;
+        p->dscp = ((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4)) >> 2;
+        l4off = sizeof(*eth) + sizeof(*ip6);
+        has_ports = 1;
+    } else {
+        return -1;
+    }
+    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
+                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
+        struct ports pt;
+        if (bpf_skb_load_bytes(skb, l4off, &pt, sizeof(pt)) == 0) {
+            p->sport = bpf_ntohs(pt.sport);
+            p->dport = bpf_ntohs(pt.dport);
+        }
+    }
+    return 0;
+}
+
+/* Flow hash: the Python twin is steerd/flowhash.py (keep them identical).
+ * Words are host-order values of the big-endian address words. */
+static __always_inline u32 fh_mix(u32 h, u32 w)
+{
+    h ^= w;
+    h *= 0x9e3779b1;
+    return (h << 13) | (h >> 19);
+}
+
+static __always_inline u32 flow_hash(const struct pkt *p)
+{
+    u32 h = 0x5eed5eed ^ p->proto;
+    h = fh_mix(h, bpf_ntohl(p->src[0]));
+    h = fh_mix(h, bpf_ntohl(p->src[1]));
+    h = fh_mix(h, bpf_ntohl(p->src[2]));
+    h = fh_mix(h, bpf_ntohl(p->src[3]));
+    h = fh_mix(h, bpf_ntohl(p->dst[0]));
+    h = fh_mix(h, bpf_ntohl(p->dst[1]));
+    h = fh_mix(h, bpf_ntohl(p->dst[2]));
+    h = fh_mix(h, bpf_ntohl(p->dst[3]));
+    h = fh_mix(h, ((u32)p->sport << 16) | p->dport);
+    /* murmur3 finaliser: spreads the low bits used for the slot index */
+    h ^= h >> 16;
+    h *= 0x85ebca6b;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35;
+    h ^= h >> 16;
+    return h;
+}
+
+#endif

@@ -1,0 +1,195 @@
+/* steerd classifier: tc clsact ingress of the interfaces where downstream
+ * traffic enters. For each packet to a steered destination it picks a tunnel
+ * and sets the firewall mark that the tunnel's `ip rule` routes on.
+ *
+ * Decision order:
+ *   1. destination outside the network ranges  -> untouched (TC_ACT_OK)
+ *   2. network rules (rules.h, evaluated per packet so a rule change or a
+ *      pinned tunnel going down takes effect on the next packet)
+ *   3. flow affinity: a live flow keeps the tunnel it started on while that
+ *      tunnel is up and its slot was not reassigned (slot version unchanged)
+ *   4. slot table: hash(5-tuple) -> slot -> tunnel, filled by the daemon in
+ *      proportion to the weights
+ *
+ * The loader passes: MAX_SLOTS, MAX_TUNNELS, FLOW_TABLE_SIZE, PIN_DIR (bpffs
+ * directory for pinned maps, so a restarted daemon adopts the live state).
+ */
+#include "pkt.h"
+
+#define NO_TUNNEL 0xffffffff
+
+struct steer_cfg {
+    u32 nslots;          /* power of two, <= MAX_SLOTS */
+    u32 mark_mask;       /* bits of skb->mark that steerd owns */
+    u64 flow_idle_ns;    /* a flow idle this long is classified afresh */
+};
+
+struct tunnel_info {
+    u32 mark;            /* value inside mark_mask */
+    u32 up;              /* 0: never send new or cached flows here */
+};
+
+struct slot {
+    u32 tunnel;
+    u32 ver;             /* bumped by the daemon whenever the slot changes hands */
+};
+
+struct counters {
+    u64 packets;
+    u64 bytes;
+};
+
+struct lpm4 { u32 prefixlen; u32 addr; };
+struct lpm6 { u32 prefixlen; u32 addr[4]; };
+
+struct flow_key {
+    u32 src[4];
+    u32 dst[4];
+    u16 sport;
+    u16 dport;
+    u8 proto;
+    u8 family;
+    u16 pad;
+};
+
+struct flow_val {
+    u32 tunnel;
+    u32 ver;             /* slot version when the flow was placed */
+    u64 last_ns;
+};
+
+#define PIN(name) PIN_DIR "/" #name
+
+BPF_TABLE_PINNED("array", u32, struct steer_cfg, steer_cfg, 1, PIN(steer_cfg));
+BPF_TABLE_PINNED("array", u32, struct tunnel_info, tunnels, MAX_TUNNELS, PIN(tunnels));
+BPF_TABLE_PINNED("array", u32, struct slot, slots, MAX_SLOTS, PIN(slots));
+BPF_TABLE_PINNED("percpu_array", u32, struct counters, tstats, MAX_TUNNELS, PIN(tstats));
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_val, flows, FLOW_TABLE_SIZE, PIN(flows));
+BPF_TABLE_PINNED("lpm_trie", struct lpm4, u8, ranges4, 1024, PIN(ranges4), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm6, u8, ranges6, 1024, PIN(ranges6), BPF_F_NO_PREALLOC);
+/* 0: not steered (outside ranges), 1: unparsed/no tunnel, 2: dropped by rule */
+BPF_TABLE_PINNED("percpu_array", u32, u64, misc, 4, PIN(misc));
+
+#ifdef WITH_RULES
+#include "rules.h"
+#endif
+
+static __always_inline void bump_misc(u32 i)
+{
+    u64 *c = misc.lookup(&i);
+    if (c)
+        (*c)++;
+}
+
+static __always_inline int steered(const struct pkt *p)
+{
+    if (p->family == 4) {
+        struct lpm4 k = { .prefixlen = 32, .addr = p->dst[0] };
+        return ranges4.lookup(&k) != NULL;
+    }
+    struct lpm6 k6 = { .prefixlen = 128 };
+    __builtin_memcpy(k6.addr, p->dst, 16);
+    return ranges6.lookup(&k6) != NULL;
+}
+
+static __always_inline int tunnel_up(u32 t)
+{
+    struct tunnel_info *ti = tunnels.lookup(&t);
+    return ti && ti->up;
+}
+
+/* Slot lookup; if the slot's tunnel is down (the daemon has not reprogrammed
+ * yet) probe a few neighbouring slots so the flow still leaves on a live one. */
+static __always_inline struct slot *pick_slot(u32 h, u32 nslots)
+{
+    struct slot *first = NULL;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 s = (h + i * 0x9e3779b1u) & (nslots - 1);
+        struct slot *sl = slots.lookup(&s);
+        if (!sl)
+            return first;
+        if (!first)
+            first = sl;
+        if (tunnel_up(sl->tunnel))
+            return sl;
+    }
+    return first;
+}
+
+static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *cfg)
+{
+    struct flow_key fk = {};
+    u64 now = bpf_ktime_get_ns();
+    u32 nslots = cfg->nslots;
+    if (nslots == 0 || nslots > MAX_SLOTS)
+        return NO_TUNNEL;
+
+    u32 h = flow_hash(p);
+    struct slot *sl = pick_slot(h, nslots);
+    if (!sl)
+        return NO_TUNNEL;
+
+    __builtin_memcpy(fk.src, p->src, 16);
+    __builtin_memcpy(fk.dst, p->dst, 16);
+    fk.sport = p->sport;
+    fk.dport = p->dport;
+    fk.proto = p->proto;
+    fk.family = p->family;
+
+    struct flow_val *fv = flows.lookup(&fk);
+    if (fv && fv->ver == sl->ver && now - fv->last_ns < cfg->flow_idle_ns &&
+        tunnel_up(fv->tunnel)) {
+        /* refresh at most every ~second: a write per packet costs cache lines */
+        if (now - fv->last_ns > 1000000000ull)
+            fv->last_ns = now;
+        return fv->tunnel;
+    }
+    struct flow_val nv = { .tunnel = sl->tunnel, .ver = sl->ver, .last_ns = now };
+    flows.update(&fk, &nv);
+    return sl->tunnel;
+}
+
+int steer(struct __sk_buff *skb)
+{
+    struct pkt p = {};
+    u32 zero = 0;
+
+    if (parse_pkt(skb, &p) < 0)
+        return TC_ACT_OK;
+    if (!steered(&p)) {
+        bump_misc(0);
+        return TC_ACT_OK;
+    }
+    struct steer_cfg *cfg = steer_cfg.lookup(&zero);
+    if (!cfg)
+        return TC_ACT_OK;
+
+    u32 t = NO_TUNNEL;
+#ifdef WITH_RULES
+    struct rule_verdict v = {};
+    rules_decide(&p, skb->ingress_ifindex, &v);
+    if (v.kind == RV_DROP) {
+        bump_misc(2);
+        return TC_ACT_SHOT;
+    }
+    if (v.kind == RV_TUNNEL)
+        t = v.tunnel;
+#endif
+    if (t == NO_TUNNEL)
+        t = spread(&p, cfg);
+
+    struct tunnel_info *ti = tunnels.lookup(&t);
+    if (!ti || ti->mark == 0) {
+        bump_misc(1);
+        return TC_ACT_OK;
+    }
+    skb->mark = (skb->mark & ~cfg->mark_mask) | ti->mark;
+
+    struct counters *c = tstats.lookup(&t);
+    if (c) {
+        c->packets++;
+        c->bytes += p.len;
+    }
+    return TC_ACT_OK;
+}

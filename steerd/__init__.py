@@ -1,0 +1,3 @@
+"""steerd: multi-WAN downstream steering over several IPsec tunnels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""steerctl: the operator's command line. Every read command takes --json."""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from typing import Any, Iterator
+
+import click
+
+from .yamlsrc import ValidationError
+
+DEFAULT_SOCKET = "/run/steerd/steerd.sock"
+
+
+class ControlError(click.ClickException):
+    exit_code = 1
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        raise ControlError(f"cannot reach steerd at {path}: {exc.strerror} (is it running?)")
+    return s
+
+
+def request_lines(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    with _connect(path) as s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        with s.makefile("rb") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def request(path: str, req: dict[str, Any]) -> dict[str, Any]:
+    for reply in request_lines(path, req):
+        if not reply.get("ok"):
+            raise ControlError(reply.get("text") or reply.get("error", "request failed"))
+        return reply
+    raise ControlError("steerd closed the connection without a reply")
+
+
+def _fmt(v: Any, unit: str = "", digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render_status(st: dict[str, Any], bars: bool = False) -> str:
+    head = f"site {st['site']}   active HA role: {st['active_ha_role']}   rules: {st.get('rules', 0)}"
+    headers = ["TUNNEL", "ROLE", "WAN", "IFACE", "STATE", "RTT", "JITTER", "LOSS", "WEIGHT",
+               "SHARE", "TX PKTS", "TX BYTES"]
+    rows = []
+    for t in st["tunnels"]:
+        share = f"{t['share'] * 100:5.1f}%"
+        if bars:
+            share += " " + "#" * round(t["share"] * 20)
+        rows.append([t["name"], t["ha_role"], t["wan"], t["interface"], t["state"],
+                     _fmt(t["rtt_ms"], " ms", 2), _fmt(t["jitter_ms"], " ms", 2),
+                     _fmt(t["loss_pct"], " %"), f"{t['weight'] * 100:.1f}%", share,
+                     str(t["tx_packets"]), _bytes(t["tx_bytes"])])
+    return head + "\n" + table(headers, rows, right={5, 6, 7, 8, 10, 11})
+
+
+@click.group()
+@click.option("--socket", "sock", default=DEFAULT_SOCKET, show_default=True,
+              envvar="STEERCTL_SOCKET", help="steerd control socket")
+@click.pass_context
+def main(ctx: click.Context, sock: str) -> None:
+    """Operate steerd, the multi-WAN downstream steering daemon."""
+    ctx.obj = sock
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--watch", is_flag=True, help="refresh in place every second")
+@click.pass_obj
+def status(sock: str, as_json: bool, watch: bool) -> None:
+    """Tunnels, their health, weights and traffic."""
+    while True:
+        st = request(sock, {"cmd": "status"})["status"]
+        if as_json:
+            click.echo(json.dumps(st, indent=2))
+        elif watch:
+            click.echo("\x1b[H\x1b[2J" + render_status(st, bars=True), nl=True)
+        else:
+            click.echo(render_status(st))
+        if not watch:
+            return
+        time.sleep(1)
+
+
+@main.command()
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines")
+@click.option("--since", type=float, default=None, help="seconds back (e.g. 600) to start from")
+@click.pass_obj
+def events(sock: str, follow: bool, as_json: bool, since: float | None) -> None:
+    """Link, HA, rebalance and configuration events."""
+    start = time.time() - since if since else 0.0
+
+    def show(e: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(e))
+        else:
+            extra = {k: v for k, v in e.items() if k not in ("ts", "type", "tunnel", "reason")}
+            more = ("  " + json.dumps(extra)) if extra else ""
+            click.echo(f"{e['ts']}  {e['type']:<15} {e.get('tunnel') or '-':<10} {e['reason']}{more}")
+    if follow:
+        try:
+            for e in request_lines(sock, {"cmd": "events", "follow": True, "since": start or time.time()}):
+                show(e)
+        except KeyboardInterrupt:
+            return
+        return
+    for e in request(sock, {"cmd": "events", "since": start})["events"]:
+        show(e)
+
+
+@main.group()
+def rules() -> None:
+    """Network rules: pin traffic to a WAN role."""
+
+
+@rules.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="validate and show the diff, change nothing")
+@click.pass_obj
+def rules_apply(sock: str, path: str, dry_run: bool) -> None:
+    """Validate FILE, show the diff, apply atomically (exit 2 on bad input)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        click.echo(f"{path}: {exc.strerror}", err=True)
+        sys.exit(2)
+    for reply in request_lines(sock, {"cmd": "rules_apply", "text": text, "path": path,
+                                      "dry_run": dry_run}):
+        if not reply.get("ok"):
+            click.echo(reply.get("text") or reply.get("error"), err=True)
+            sys.exit(2)
+        click.echo(reply["diff_text"])
+        if dry_run:
+            click.echo("dry run: nothing changed")
+        else:
+            click.echo(f"applied: generation {reply['generation']} in {reply['apply_seconds'] * 1000:.0f} ms")
+        return
+
+
+@rules.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rules_list(sock: str, as_json: bool) -> None:
+    """Rules in priority order with their hit counters."""
+    rs = request(sock, {"cmd": "rules_list"})["rules"]
+    if as_json:
+        click.echo(json.dumps(rs, indent=2))
+        return
+    rows = [[str(i + 1), r["name"], r.get("wan", "-"), str(r.get("fallback", "-")),
+             r.get("summary", ""), str(r["hits"])] for i, r in enumerate(rs)]
+    click.echo(table(["#", "RULE", "WAN", "FALLBACK", "MATCH", "HITS"], rows, right={0, 5}))
+
+
+@main.group()
+def config() -> None:
+    """Site configuration."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def config_check(path: str, as_json: bool) -> None:
+    """Validate PATH (exit 0 valid, 2 invalid) without touching the daemon."""
+    from .config import load_config
+    try:
+        cfg = load_config(path)
+        if cfg.rules_file:
+            import os
+            if os.path.exists(cfg.rules_file):
+                from .rules import load_rules
+                load_rules(cfg.rules_file, cfg.wans)
+    except ValidationError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "problems": [p.as_dict() for p in exc.problems]}))
+        else:
+            click.echo(f"{path}: {len(exc.problems)} problem(s)\n{exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({"valid": True, "site": cfg.site, "tunnels": len(cfg.tunnels)}))
+    else:
+        click.echo(f"{path}: valid (site {cfg.site}, {len(cfg.tunnels)} tunnels)")
+
+
+@main.command()
+@click.pass_obj
+def reload(sock: str) -> None:
+    """Re-read config and rules; a bad file changes nothing."""
+    reply = next(request_lines(sock, {"cmd": "reload"}), {"ok": False, "error": "no reply"})
+    if not reply.get("ok"):
+        click.echo(reply.get("text") or reply.get("error"), err=True)
+        sys.exit(2)
+    click.echo(reply.get("summary", "reloaded"))

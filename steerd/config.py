@@ -1,0 +1,871 @@
+"""Load and validate the site config (``/etc/steerd/steerd.yaml``).
+
+One parser for the daemon and ``steerctl config check``: the daemon refuses to
+start or reload on any problem, so every problem of a file is collected and
+raised at once as :class:`~steerd.yamlsrc.ValidationError`, each naming file,
+line, dotted key (``tunnels[3].public_ip``), value and what was expected (in
+the spirit of faucet's config checks).
+
+Pure: no root, no I/O except reading the file in :func:`load_config`.
+
+Reusable by the rules module: :func:`parse_duration`, :func:`format_duration`,
+:func:`parse_percent`, :func:`valid_ifname` (plain values in, ``ValueError``
+whose message is the "expected ..." text out).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
+                       ip_address, ip_network)
+from typing import Any, Callable
+
+import yaml
+
+from .yamlsrc import Node, Problem, ValidationError, load_yaml
+
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+
+HA_ROLES = ("primary", "secondary")
+MAX_TUNNELS_PER_ROLE = 3
+# Marks and routing tables are sized for the most tunnels a valid config can
+# have, so adding a tunnel on reload can never collide with an earlier choice.
+MAX_TUNNELS = MAX_TUNNELS_PER_ROLE * len(HA_ROLES)
+FAILBACK_MODES = ("new-flows", "migrate")
+LINK_STATES = ("up", "down")
+DEFAULT_CONFIG_PATH = "/etc/steerd/steerd.yaml"
+_RESERVED_TABLES = frozenset({0, 253, 254, 255})   # unspec, default, main, local
+_MAX_TABLE = 2 ** 31
+
+
+# --------------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class Bandwidth:
+    down_mbps: float
+    up_mbps: float | None = None      # accepted, best effort (steering is downstream)
+    cap_mbps: float | None = None     # `cap: true` -> down_mbps; `cap: N` -> N Mbps
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    name: str
+    ha_role: str
+    wan: str
+    interface: str
+    public_ip: Address
+    probe_target: Address
+    bandwidth: Bandwidth
+    preference: float = 1.0
+    line: int = 0                     # line of the tunnel's list item, for later messages
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    interval: float = 1.0             # seconds
+    timeout: float = 1.0              # seconds
+    window: int = 10                  # samples
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    loss_pct: float = 3.0             # SLA thresholds -> degraded (Cato defaults)
+    jitter_ms: float = 30.0
+    latency_ms: float = 600.0
+    suspect_factor: float = 3.0       # reply later than factor x smoothed RTT -> suspect
+    suspect_floor: float = 0.05       # seconds; lower bound of that adaptive deadline
+    confirm_interval: float = 0.1     # seconds between confirmation probes of a suspect
+    confirm_misses: int = 3           # consecutive confirmation misses -> down
+    recover_successes: int = 5        # consecutive successes before down -> up
+    initial_state: str = "up"         # up | down
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    mark_mask: int = 0x0F000000
+    table_base: int = 2100
+    rule_priority: int = 2100
+    slots: int = 4096
+    flow_table_size: int = 65536
+    flow_idle_timeout: float = 60.0   # seconds
+    bpffs: str = "/sys/fs/bpf/steerd"
+
+    def mark_of(self, index: int) -> int:
+        """fwmark of tunnel *index* (0-based, config order): (index+1) in the mask's bits."""
+        if not 0 <= index < MAX_TUNNELS:
+            raise IndexError(f"tunnel index {index} outside 0..{MAX_TUNNELS - 1}")
+        return (index + 1) << _lowest_bit(self.mark_mask)
+
+    def table_of(self, index: int) -> int:
+        """Routing table of tunnel *index* (0-based, config order)."""
+        if not 0 <= index < MAX_TUNNELS:
+            raise IndexError(f"tunnel index {index} outside 0..{MAX_TUNNELS - 1}")
+        return self.table_base + index + 1
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    path: str
+    site: str
+    ingress: tuple[str, ...]
+    network_ranges: tuple[tuple[str, Network], ...]
+    probe: ProbeConfig
+    health: HealthConfig
+    rebalance_interval: float = 10.0
+    rebalance_threshold: float = 0.10  # fraction: min relative weight change reprogrammed
+    failback_hold: float = 30.0
+    failback: str = "new-flows"
+    metrics_listen: str = "127.0.0.1:9469"
+    control_socket: str = "/run/steerd/steerd.sock"
+    control_group: str | None = None
+    rules_file: str | None = None
+    events_file: str | None = None
+    events_keep: int = 1000
+    tunnels: tuple[Tunnel, ...] = ()
+    dataplane: DataplaneConfig = DataplaneConfig()
+    # Validated elsewhere (IPsec is another module's concern); plain data. A dict
+    # is unhashable, so it stays out of the frozen dataclass's hash.
+    ipsec: dict | None = field(default=None, hash=False)
+
+    @property
+    def ranges(self) -> list[Network]:
+        """Prefixes steered toward the site; none configured = route-based VPN (all)."""
+        if not self.network_ranges:
+            return [IPv4Network("0.0.0.0/0"), IPv6Network("::/0")]
+        return [net for _, net in self.network_ranges]
+
+    def tunnel(self, name: str) -> Tunnel:
+        for t in self.tunnels:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def index_of(self, name: str) -> int:
+        for i, t in enumerate(self.tunnels):
+            if t.name == name:
+                return i
+        raise KeyError(name)
+
+    def by_role(self, role: str) -> list[Tunnel]:
+        return [t for t in self.tunnels if t.ha_role == role]
+
+    @property
+    def wans(self) -> set[str]:
+        return {t.wan for t in self.tunnels}
+
+
+# --------------------------------------------------------------- reusable parsers
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_DURATION_RE = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h)?\s*")
+_DURATION_EXPECTED = "a duration such as 1s, 100ms, 2m or 1h (a plain number is seconds)"
+# Milliseconds divide rather than multiply by 0.001 so "100ms" is exactly 0.1.
+_TO_SECONDS: dict[str, Callable[[float], float]] = {
+    "ms": lambda n: n / 1000, "s": lambda n: n, "m": lambda n: n * 60, "h": lambda n: n * 3600,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"1s"``, ``"100ms"``, ``"2m"``, ``"1h"`` or a plain number (seconds).
+
+    Negative, infinite and boolean values are refused (YAML ``yes`` is not 1s).
+    Raises ``ValueError`` whose message is what was expected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(_DURATION_EXPECTED)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
+        seconds = _TO_SECONDS[m.group(2) or "s"](float(m.group(1)))
+    else:
+        raise ValueError(_DURATION_EXPECTED)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(_DURATION_EXPECTED)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest of ``Nh``/``Nm``/``Ns``/``Nms`` that :func:`parse_duration` reads back
+    as exactly *seconds* (used in messages, ``steerctl`` output and round-trip tests)."""
+    best = f"{float(seconds)!r}s"
+    # Below a second whole milliseconds read best (100ms, not 0.1s); otherwise the
+    # shortest wins, seconds first so that ties ("0s" vs "0h") read naturally.
+    ms = seconds * 1000
+    if 0 < seconds < 1 and float(ms).is_integer() and parse_duration(f"{int(ms)}ms") == seconds:
+        return f"{int(ms)}ms"
+    for unit, scale in (("s", 1), ("ms", 0.001), ("m", 60), ("h", 3600)):
+        n = seconds / scale
+        text = f"{int(n)}{unit}" if float(n).is_integer() and abs(n) < 1e15 else f"{n!r}{unit}"
+        try:
+            exact = parse_duration(text) == seconds
+        except ValueError:
+            exact = False
+        if exact and len(text) < len(best):
+            best = text
+    return best
+
+
+_PERCENT_RE = re.compile(rf"\s*({_NUMBER})\s*%?\s*")
+_PERCENT_EXPECTED = "a percentage from 0 to 100, such as 3% or 3"
+
+
+def parse_percent(value: object) -> float:
+    """Percent (0..100) from ``"3%"``, ``"3"`` or a plain number; returns 3.0 for 3 %.
+
+    Raises ``ValueError`` whose message is what was expected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(_PERCENT_EXPECTED)
+    if isinstance(value, (int, float)):
+        pct = float(value)
+    elif isinstance(value, str) and (m := _PERCENT_RE.fullmatch(value)):
+        pct = float(m.group(1))
+    else:
+        raise ValueError(_PERCENT_EXPECTED)
+    if not (math.isfinite(pct) and 0 <= pct <= 100):
+        raise ValueError(_PERCENT_EXPECTED)
+    return pct
+
+
+_IFNAME_EXPECTED = "a Linux interface name: 1 to 15 characters, no '/', ':' or whitespace"
+
+
+def valid_ifname(name: object) -> bool:
+    """True for names the kernel accepts (dev_valid_name: < IFNAMSIZ, no '/', ':', space)."""
+    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
+# -------------------------------------------------------------------- checking
+
+_BAD = object()   # a value that failed its check; the problem is already recorded
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class _Checker:
+    """Collects the problems of one file; checks return _BAD and parsing goes on."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def fail(self, node: Node, key: str, value: Any, expected: str) -> object:
+        self.problems.append(Problem(self.path, _line(node), key, value, expected))
+        return _BAD
+
+
+def _line(node: Node) -> int:
+    # Point at the key when there is one: a block section's own line is its first child's.
+    return node.key_line or node.line
+
+
+Conv = Callable[[_Checker, Node, str], Any]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _describe_range(lo: float | None, hi: float | None, lo_open: bool, fmt=str) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
+    if hi is not None:
+        parts.append(f"<= {fmt(hi)}")
+    return " and ".join(parts)
+
+
+def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            unit: str = "") -> Conv:
+    rng = _describe_range(lo, hi, lo_open)
+    expected = f"a number{' of ' + unit if unit else ''}{' ' + rng if rng else ''}"
+
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        v = node.value
+        if node.tag != "scalar" or not _is_number(v) or not _in_range(v, lo, hi, lo_open):
+            return ck.fail(node, key, node.plain(), expected)
+        return float(v)
+    return conv
+
+
+def _in_range(v: float, lo: float | None, hi: float | None, lo_open: bool = False) -> bool:
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        return False
+    return hi is None or v <= hi
+
+
+def _integer(lo: int, hi: int, extra: Callable[[int], bool] | None = None,
+             expected: str | None = None) -> Conv:
+    expected = expected or f"an integer from {lo} to {hi}"
+
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        v = node.value
+        ok = (node.tag == "scalar" and isinstance(v, int) and not isinstance(v, bool)
+              and lo <= v <= hi and (extra is None or extra(v)))
+        return v if ok else ck.fail(node, key, node.plain(), expected)
+    return conv
+
+
+def _duration(lo: float, hi: float, lo_open: bool = False) -> Conv:
+    rng = _describe_range(lo, hi, lo_open, format_duration)
+    expected = f"{_DURATION_EXPECTED}, {rng}"
+
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        try:
+            seconds = parse_duration(node.value) if node.tag == "scalar" else None
+        except ValueError:
+            seconds = None
+        if seconds is None or not _in_range(seconds, lo, hi, lo_open):
+            return ck.fail(node, key, node.plain(), expected)
+        return seconds
+    return conv
+
+
+def _milliseconds(lo_open_min: float, hi: float) -> Conv:
+    """Thresholds named *_ms: a plain number is milliseconds; '30ms'/'1s' also work."""
+    expected = (f"a number of milliseconds > {lo_open_min:g} and <= {hi:g} "
+                f"(or a duration with its unit, such as 30ms)")
+
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        v = node.value
+        ms: float | None = None
+        if node.tag == "scalar" and _is_number(v):
+            ms = float(v)
+        elif node.tag == "scalar" and isinstance(v, str) and re.search(r"[a-z]\s*$", v):
+            try:
+                ms = parse_duration(v) * 1000
+            except ValueError:
+                ms = None
+        if ms is None or not _in_range(ms, lo_open_min, hi, lo_open=True):
+            return ck.fail(node, key, node.plain(), expected)
+        return ms
+    return conv
+
+
+def _percent(ck: _Checker, node: Node, key: str) -> Any:
+    try:
+        return parse_percent(node.value if node.tag == "scalar" else None)
+    except ValueError as exc:
+        return ck.fail(node, key, node.plain(), str(exc))
+
+
+def _fraction(ck: _Checker, node: Node, key: str) -> Any:
+    """A ratio: '10%' or a plain number 0..1. A bare 10 is refused rather than
+    silently read as 10 % or as 1000 %: the default 0.10 reads like a fraction."""
+    v = node.value
+    if node.tag == "scalar" and _is_number(v) and 0 <= v <= 1:
+        return float(v)
+    if node.tag == "scalar" and isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            return parse_percent(v) / 100
+        except ValueError:
+            pass
+    return ck.fail(node, key, node.plain(),
+                   "a fraction from 0 to 1 (0.1) or a percentage with its sign (10%)")
+
+
+def _string(pattern: re.Pattern[str] | None = None, expected: str = "a non-empty string") -> Conv:
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        v = node.value
+        if (node.tag != "scalar" or not isinstance(v, str) or not v
+                or (pattern is not None and not pattern.fullmatch(v))):
+            return ck.fail(node, key, node.plain(), expected)
+        return v
+    return conv
+
+
+_name = _string(_NAME_RE, "a non-empty string of letters, digits, '.', '_' or '-'")
+
+
+def _choice(*options: str) -> Conv:
+    expected = "one of " + ", ".join(options)
+
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        v = node.value
+        if node.tag != "scalar" or not isinstance(v, str) or v not in options:
+            return ck.fail(node, key, node.plain(), expected)
+        return v
+    return conv
+
+
+def _ifname(ck: _Checker, node: Node, key: str) -> Any:
+    if node.tag != "scalar" or not valid_ifname(node.value):
+        return ck.fail(node, key, node.plain(), _IFNAME_EXPECTED)
+    return node.value
+
+
+def _abspath(ck: _Checker, node: Node, key: str) -> Any:
+    v = node.value
+    if node.tag != "scalar" or not isinstance(v, str) or not v.startswith("/") or "\0" in v:
+        return ck.fail(node, key, node.plain(), "an absolute path (starting with /)")
+    return v
+
+
+def _file_path(ck: _Checker, node: Node, key: str) -> Any:
+    """A file named in the config; relative paths are taken from the config's directory
+    because the daemon runs with cwd=/ under systemd, where they would mean nothing."""
+    v = node.value
+    if node.tag != "scalar" or not isinstance(v, str) or not v.strip() or "\0" in v:
+        return ck.fail(node, key, node.plain(), "a file path (absolute, or relative to the config)")
+    if not os.path.isabs(v) and not ck.path.startswith("<"):
+        v = os.path.join(os.path.dirname(os.path.abspath(ck.path)), v)
+    return v
+
+
+def _address(ck: _Checker, node: Node, key: str) -> Any:
+    v = node.value
+    try:
+        if node.tag != "scalar" or not isinstance(v, str):
+            raise ValueError
+        addr = ip_address(v.strip())
+        if addr.is_unspecified or addr.is_multicast:
+            raise ValueError
+        return addr
+    except ValueError:
+        hint = " (quote it: YAML read this as a number)" if _is_number(v) else ""
+        return ck.fail(node, key, node.plain(),
+                       f"a unicast IPv4 or IPv6 address such as 198.51.100.10{hint}")
+
+
+def _network(ck: _Checker, node: Node, key: str) -> Any:
+    v = node.value
+    if node.tag != "scalar" or not isinstance(v, str):
+        return ck.fail(node, key, node.plain(), "an IPv4 or IPv6 prefix such as 10.20.0.0/16")
+    try:
+        return ip_network(v.strip())
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(v.strip(), strict=False)
+    except ValueError:
+        return ck.fail(node, key, v, "an IPv4 or IPv6 prefix such as 10.20.0.0/16")
+    return ck.fail(node, key, v, f"a network prefix without host bits set (did you mean {loose}?)")
+
+
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        return IPv4Address(host) is not None
+    except ValueError:
+        return False
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        return IPv6Address(host) is not None
+    except ValueError:
+        return False
+
+
+def _hostname(host: str) -> bool:
+    # All-numeric names (999.1.1.1) are mistyped addresses, not hosts.
+    return bool(_HOSTNAME_RE.fullmatch(host)) and not re.fullmatch(r"[\d.]+", host)
+
+
+def _listen(ck: _Checker, node: Node, key: str) -> Any:
+    """host:port for the metrics HTTP server; IPv6 hosts in brackets ([::1]:9469)."""
+    v = node.value
+    expected = "host:port such as 127.0.0.1:9469 or [::1]:9469, port 1 to 65535"
+    if node.tag != "scalar" or not isinstance(v, str):
+        return ck.fail(node, key, node.plain(), expected)
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", v)
+    if not m:
+        return ck.fail(node, key, v, expected)
+    bracketed = m.group(1) is not None
+    host, port = (m.group(1), m.group(2)) if bracketed else (m.group(3), m.group(4))
+    if not (_ipv6(host) if bracketed else _ipv4(host) or _hostname(host)):
+        return ck.fail(node, key, v, expected)
+    if not 1 <= int(port) <= 65535:
+        return ck.fail(node, key, v, expected)
+    return v
+
+
+# ------------------------------------------------------------------ sections
+
+@dataclass(frozen=True)
+class _Field:
+    conv: Conv
+    required: bool = False
+    attr: str | None = None           # dataclass attribute, when named differently
+
+
+def _section(ck: _Checker, node: Node, key: str, fields: dict[str, _Field],
+             optional: bool = False) -> dict[str, Any] | None:
+    """Check a mapping against *fields*: unknown keys, missing required keys, each value.
+
+    Returns {attr: value-or-_BAD} for the keys present, or None when *node* is not a
+    mapping. An optional section written empty (``health:``) means all defaults.
+    """
+    if optional and node.tag == "scalar" and node.value is None:
+        return {}
+    if node.tag != "map":
+        ck.fail(node, key, node.plain(), f"a mapping with keys {', '.join(fields)}")
+        return None
+    out: dict[str, Any] = {}
+    for name, child in node.value.items():
+        sub = _join(key, name)
+        spec = fields.get(name)
+        if spec is None:
+            _unknown_key(ck, child, sub, name, fields)
+        else:
+            out[spec.attr or name] = spec.conv(ck, child, sub)
+    for name, spec in fields.items():
+        if spec.required and name not in node.value:
+            sub = _join(key, name)
+            ck.fail(node, sub, None, f"required key '{name}' (missing)")
+            out[spec.attr or name] = _BAD
+    return out
+
+
+def _join(key: str, name: str) -> str:
+    # An empty key (`"": 1`) would vanish from the dotted path; show it quoted.
+    name = name or '""'
+    return f"{key}.{name}" if key else name
+
+
+def _unknown_key(ck: _Checker, node: Node, sub: str, name: str, fields: dict[str, _Field]) -> None:
+    if name == "bgp":
+        ck.fail(node, sub, name, "no bgp section: BGP is not supported with multiple active "
+                                 "tunnels (steerd steers each flow itself); remove it")
+        return
+    close = difflib.get_close_matches(name, list(fields), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    ck.fail(node, sub, name, f"one of the keys {', '.join(fields)}{hint}")
+
+
+def _build(cls: type, values: dict[str, Any] | None, **extra: Any) -> Any:
+    """The dataclass from checked values, or _BAD if any failed (a problem is recorded)."""
+    if values is None or any(v is _BAD for v in values.values()):
+        return _BAD
+    return cls(**values, **extra)
+
+
+# Each section's allowed keys, in the order they are listed in messages.
+_PROBE = {
+    "interval": _Field(_duration(0.1, 10.0)),
+    "timeout": _Field(_duration(0, 10.0, lo_open=True)),
+    "window": _Field(_integer(1, 1000)),
+}
+
+_HEALTH = {
+    "loss_pct": _Field(_percent),
+    "jitter_ms": _Field(_milliseconds(0, 60_000)),
+    "latency_ms": _Field(_milliseconds(0, 60_000)),
+    # <= 1 would mark every reply slower than average as a suspect.
+    "suspect_factor": _Field(_number(1, 100, lo_open=True)),
+    "suspect_floor": _Field(_duration(0, 10.0, lo_open=True)),
+    "confirm_interval": _Field(_duration(0.001, 10.0)),
+    "confirm_misses": _Field(_integer(1, 100)),
+    "recover_successes": _Field(_integer(1, 1000)),
+    "initial_state": _Field(_choice(*LINK_STATES)),
+}
+
+
+def _mark_mask(ck: _Checker, node: Node, key: str) -> Any:
+    v = node.value
+    if node.tag == "scalar" and isinstance(v, str):
+        try:
+            v = int(v.strip(), 0)     # "0x0F000000" quoted is as good as the number
+        except ValueError:
+            pass
+    need = MAX_TUNNELS.bit_length()
+    if (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 0xFFFFFFFF
+            and _contiguous(v) and bin(v).count("1") >= need):
+        return v
+    return ck.fail(node, key, node.plain(),
+                   f"a contiguous 32-bit mask at least {need} bits wide (tunnel marks "
+                   f"1..{MAX_TUNNELS} must fit), such as 0x0F000000")
+
+
+def _lowest_bit(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
+def _contiguous(mask: int) -> bool:
+    m = mask >> _lowest_bit(mask)
+    return m & (m + 1) == 0
+
+
+def _tables_ok(base: int) -> bool:
+    tables = range(base + 1, base + MAX_TUNNELS + 1)
+    return tables[-1] <= _MAX_TABLE and not _RESERVED_TABLES.intersection(tables)
+
+
+_DATAPLANE = {
+    "mark_mask": _Field(_mark_mask),
+    "table_base": _Field(_integer(0, _MAX_TABLE - MAX_TUNNELS, _tables_ok,
+                                  f"an integer such that tables table_base+1 .. table_base+"
+                                  f"{MAX_TUNNELS} lie in 1..{_MAX_TABLE} and avoid the "
+                                  f"reserved 253, 254, 255 (such as 2100)")),
+    "rule_priority": _Field(_integer(1, 32765)),
+    "slots": _Field(_integer(64, 65536, lambda n: n & (n - 1) == 0,
+                             "a power of two from 64 to 65536")),
+    "flow_table_size": _Field(_integer(1024, 4194304)),
+    "flow_idle_timeout": _Field(_duration(1.0, 86400.0)),
+    "bpffs": _Field(_abspath),
+}
+
+_METRICS = {"listen": _Field(_listen, attr="metrics_listen")}
+_EVENTS = {
+    "file": _Field(_file_path, attr="events_file"),
+    "keep": _Field(_integer(1, 10_000_000), attr="events_keep"),
+}
+
+
+def _cap(ck: _Checker, node: Node, key: str) -> Any:
+    """`cap: true` caps at down_mbps (resolved by the caller), a number caps at it."""
+    v = node.value
+    if node.tag == "scalar" and (isinstance(v, bool) or v is None):
+        return v or None
+    if node.tag == "scalar" and _is_number(v) and v > 0:
+        return float(v)
+    return ck.fail(node, key, node.plain(), "true, false or a number of Mbps > 0")
+
+
+_BANDWIDTH = {
+    "down_mbps": _Field(_number(0, None, lo_open=True, unit="Mbps"), required=True),
+    "up_mbps": _Field(_number(0, None, lo_open=True, unit="Mbps")),
+    "cap": _Field(_cap, attr="cap_mbps"),
+}
+
+
+def _bandwidth(ck: _Checker, node: Node, key: str) -> Any:
+    values = _section(ck, node, key, _BANDWIDTH)
+    if values is None:
+        return _BAD
+    down, cap = values.get("down_mbps"), values.get("cap_mbps")
+    if cap is True:
+        values["cap_mbps"] = down
+    elif _is_number(cap) and _is_number(down) and cap > down:
+        ck.fail(node.value["cap"], f"{key}.cap", node.value["cap"].plain(),
+                f"a cap <= down_mbps ({down:g}); a cap above the line's bandwidth caps nothing")
+        values["cap_mbps"] = _BAD
+    return _build(Bandwidth, values)
+
+
+_TUNNEL = {
+    "name": _Field(_name, required=True),
+    "ha_role": _Field(_choice(*HA_ROLES), required=True),
+    "wan": _Field(_name, required=True),
+    "interface": _Field(_ifname, required=True),
+    "public_ip": _Field(_address, required=True),
+    "probe_target": _Field(_address, required=True),
+    "bandwidth": _Field(_bandwidth, required=True),
+    "preference": _Field(_number(0, 100, lo_open=True)),
+}
+
+
+def _tunnels(ck: _Checker, node: Node, key: str) -> Any:
+    if node.tag != "seq" or not node.value:
+        return ck.fail(node, key, node.plain(),
+                       f"a list of 1 to {MAX_TUNNELS} tunnels (mappings with keys "
+                       f"{', '.join(_TUNNEL)})")
+    checked = [(i, item, _section(ck, item, f"{key}[{i}]", _TUNNEL))
+               for i, item in enumerate(node.value)]
+    checked = [(i, item, v) for i, item, v in checked if v is not None]
+    _check_unique(ck, key, checked)
+    _check_roles(ck, node, key, checked)
+    tunnels = [_build(Tunnel, v, line=item.line) for _, item, v in checked]
+    if len(checked) != len(node.value) or _BAD in tunnels:
+        return _BAD
+    return tuple(tunnels)
+
+
+Checked = list[tuple[int, Node, dict[str, Any]]]
+
+
+def _check_unique(ck: _Checker, key: str, checked: Checked) -> None:
+    """Names, interfaces and public IPs are unique overall; a WAN role within an HA role."""
+    for attr, scope in (("name", None), ("interface", None), ("public_ip", None),
+                        ("wan", "ha_role")):
+        seen: dict[tuple[Any, Any], tuple[int, int]] = {}
+        for i, item, values in checked:
+            value, group = values.get(attr, _BAD), values.get(scope) if scope else None
+            if value is _BAD or group is _BAD:
+                continue
+            node = item.value[attr]
+            first = seen.setdefault((group, value), (i, _line(node)))
+            if first[0] != i:
+                where = f" among {group} tunnels" if scope else ""
+                ck.fail(node, f"{key}[{i}].{attr}", node.plain(),
+                        f"a {attr} unique{where} (already used by {key}[{first[0]}] "
+                        f"at line {first[1]})")
+
+
+def _check_roles(ck: _Checker, node: Node, key: str, checked: Checked) -> None:
+    """At most 3 tunnels per HA role (one per PoP), and at least one primary."""
+    members: dict[str, list[int]] = {r: [] for r in HA_ROLES}
+    for i, item, values in checked:
+        role = values.get("ha_role", _BAD)
+        if role is _BAD:
+            continue
+        members[role].append(i)
+        if len(members[role]) > MAX_TUNNELS_PER_ROLE:
+            first = ", ".join(f"{key}[{j}]" for j in members[role][:MAX_TUNNELS_PER_ROLE])
+            role_node = item.value["ha_role"]
+            ck.fail(role_node, f"{key}[{i}].ha_role", role,
+                    f"at most {MAX_TUNNELS_PER_ROLE} tunnels with ha_role {role} "
+                    f"(already {first})")
+    roles_known = all(v.get("ha_role", _BAD) is not _BAD for _, _, v in checked)
+    if roles_known and len(checked) == len(node.value) and not members["primary"]:
+        ck.fail(node, key, [v["ha_role"] for _, _, v in checked],
+                "at least one tunnel with ha_role primary")
+
+
+def _ingress(ck: _Checker, node: Node, key: str) -> Any:
+    """A list of interface names; a single name is accepted as a one-item list."""
+    if node.tag == "scalar" and isinstance(node.value, str):
+        items = [(key, node)]
+    elif node.tag == "seq" and node.value:
+        items = [(f"{key}[{i}]", n) for i, n in enumerate(node.value)]
+    else:
+        return ck.fail(node, key, node.plain(), "a non-empty list of interface names, such as [eth1]")
+    names, seen = [], {}
+    for sub, item in items:
+        name = _ifname(ck, item, sub)
+        if name is not _BAD and name in seen:
+            name = ck.fail(item, sub, name,
+                           f"each interface once (already listed at line {seen[name]})")
+        elif name is not _BAD:
+            seen[name] = _line(item)
+        names.append(name)
+    return _BAD if _BAD in names else tuple(names)
+
+
+def _network_ranges(ck: _Checker, node: Node, key: str) -> Any:
+    """label: prefix or label: [prefixes], flattened in file order."""
+    if node.tag == "scalar" and node.value is None:
+        return ()
+    if node.tag != "map":
+        return ck.fail(node, key, node.plain(),
+                       "a mapping of label: prefix (or label: [prefixes]), such as lan: 10.20.0.0/16")
+    out = []
+    for label, value in node.value.items():
+        sub = f"{key}.{label}"
+        items = ([(f"{sub}[{i}]", n) for i, n in enumerate(value.value)]
+                 if value.tag == "seq" else [(sub, value)])
+        if value.tag == "seq" and not value.value:
+            ck.fail(value, sub, [], "a prefix or a non-empty list of prefixes")
+        out.extend((label, _network(ck, n, s)) for s, n in items)
+    return _BAD if any(net is _BAD for _, net in out) else tuple(out)
+
+
+def _ipsec(ck: _Checker, node: Node, key: str) -> Any:
+    # Kept as plain data; the IPsec module validates its content.
+    if node.tag == "scalar" and node.value is None:
+        return None
+    if node.tag != "map":
+        return ck.fail(node, key, node.plain(), "a mapping (IPsec settings)")
+    return node.plain()
+
+
+def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
+    """An optional nested section; to a dataclass, or flattened when cls is None."""
+    def conv(ck: _Checker, node: Node, key: str) -> Any:
+        values = _section(ck, node, key, fields, optional=True)
+        return _build(cls, values) if cls else _Flat(values)
+    return conv
+
+
+class _Flat(dict):
+    """Values of a section whose keys land directly on SiteConfig (metrics, events)."""
+
+    def __init__(self, values: dict[str, Any] | None):
+        super().__init__(values or {})
+        self.bad = values is None
+
+
+_TOP = {
+    "site": _Field(_name, required=True),
+    "ingress": _Field(_ingress, required=True),
+    "network_ranges": _Field(_network_ranges),
+    "probe": _Field(_sub(_PROBE, ProbeConfig)),
+    "health": _Field(_sub(_HEALTH, HealthConfig)),
+    "rebalance_interval": _Field(_duration(1.0, 3600.0)),
+    "rebalance_threshold": _Field(_fraction),
+    "failback_hold": _Field(_duration(0.0, 3600.0)),
+    "failback": _Field(_choice(*FAILBACK_MODES)),
+    "metrics": _Field(_sub(_METRICS)),
+    "control_socket": _Field(_abspath),
+    "control_group": _Field(_string(re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?"),
+                                    "a group name such as steerd")),
+    "rules_file": _Field(_file_path),
+    "events": _Field(_sub(_EVENTS)),
+    "tunnels": _Field(_tunnels, required=True),
+    "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
+    "ipsec": _Field(_ipsec),
+}
+
+
+def _check_ingress_vs_tunnels(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
+    """Downstream traffic enters on ingress and leaves by a tunnel: one netdev can't be both."""
+    ingress, tunnels = values.get("ingress"), values.get("tunnels")
+    if not isinstance(ingress, tuple) or not isinstance(tunnels, tuple):
+        return
+    by_if = {t.interface: i for i, t in enumerate(tunnels)}
+    inode = root.value["ingress"]
+    items = inode.value if inode.tag == "seq" else [inode]
+    for j, name in enumerate(ingress):
+        if name in by_if:
+            sub = f"ingress[{j}]" if inode.tag == "seq" else "ingress"
+            ck.fail(items[j], sub, name,
+                    f"an interface that is not a tunnel (tunnels[{by_if[name]}].interface)")
+
+
+# ---------------------------------------------------------------------- entry
+
+def _load(text: str, path: str) -> Node:
+    """load_yaml, with YAML errors it lets through (bad tags or scalars found while
+    constructing values, unreadable characters, recursive aliases) as problems too."""
+    try:
+        return load_yaml(text, path)
+    except ValidationError:
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        detail = getattr(exc, "problem", None) or str(exc)
+    except RecursionError:
+        line, detail = 1, "recursive alias"
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        line, detail = 1, str(exc)
+    raise ValidationError([Problem(path, line, "<yaml>", detail, "well-formed YAML")]) from None
+
+
+def parse_config(text: str, path: str = "<string>") -> SiteConfig:
+    """The SiteConfig written in *text*; raises ValidationError with every problem."""
+    root = _load(text, path)
+    ck = _Checker(path)
+    if root.tag != "map":
+        ck.fail(root, "<root>", root.plain(), f"a mapping with keys {', '.join(_TOP)}")
+        raise ValidationError(ck.problems)
+    values = _section(ck, root, "", _TOP) or {}
+    _check_ingress_vs_tunnels(ck, root, values)
+    for name in ("metrics", "events"):
+        flat = values.pop(name, _Flat({}))
+        values.update(flat if not flat.bad else {})
+    values.setdefault("network_ranges", ())
+    values.setdefault("probe", ProbeConfig())
+    values.setdefault("health", HealthConfig())
+    if ck.problems or any(v is _BAD for v in values.values()):
+        raise ValidationError(ck.problems)
+    return SiteConfig(path=path, **values)
+
+
+def load_config(path: str = DEFAULT_CONFIG_PATH) -> SiteConfig:
+    """Read and parse *path*; an unreadable file is a problem at line 0."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValidationError([Problem(path, 0, "<file>", reason,
+                                       "a readable UTF-8 YAML file")]) from None
+    return parse_config(text, path)

@@ -1,0 +1,133 @@
+"""The control socket used by steerctl: one JSON request line, JSON reply line(s).
+
+    {"cmd": "status"}                          -> {"ok": true, "status": {...}}
+    {"cmd": "events", "since": 0, "follow": b} -> {"ok": true, "events": [...]} then one line per event
+    {"cmd": "rules_list"} / {"cmd": "rules_apply", "text": ..., "path": ..., "dry_run": b} / {"cmd": "reload"}
+
+The socket is root-owned, mode 0660 with the configured group: members may
+read; commands that change state need uid 0 (checked with SO_PEERCRED).
+Oversized, malformed or unknown requests get an error reply, never a crash.
+"""
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from . import status
+from .yamlsrc import ValidationError
+
+log = logging.getLogger("steerd.control")
+MAX_REQUEST = 4 << 20   # a 10,000-rule file is ~1.5 MB of YAML
+WRITE_COMMANDS = {"rules_apply", "reload"}
+
+
+async def serve(daemon, path: str, group: str | None) -> asyncio.AbstractServer:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = await asyncio.start_unix_server(lambda r, w: _client(daemon, r, w), path=path,
+                                             limit=MAX_REQUEST)
+    gid = grp.getgrnam(group).gr_gid if group else 0
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o660 if group else 0o600)
+    return server
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(json.dumps(obj).encode() + b"\n")
+    await writer.drain()
+
+
+async def _client(daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+        except (asyncio.LimitOverrunError, ValueError):
+            await _reply(writer, {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
+            return
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ValueError("expected a JSON object with a string 'cmd'")
+        except ValueError as exc:
+            await _reply(writer, {"ok": False, "error": f"bad request: {exc}"})
+            return
+        cmd = req["cmd"]
+        if cmd in WRITE_COMMANDS and _peer_uid(writer) != 0:
+            await _reply(writer, {"ok": False, "error": f"{cmd} needs root"})
+            return
+        if cmd == "events" and req.get("follow"):
+            await _follow(daemon, req, writer)
+            return
+        await _reply(writer, await handle(daemon, cmd, req))
+    except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        pass
+    except Exception as exc:  # a bug in one request must not take the daemon down
+        log.exception("control request failed")
+        try:
+            await _reply(writer, {"ok": False, "error": f"internal error: {exc}"})
+        except ConnectionError:
+            pass
+    finally:
+        writer.close()
+
+
+async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
+    if cmd == "status":
+        return {"ok": True, "status": status.build(daemon)}
+    if cmd == "events":
+        since = float(req.get("since") or 0)
+        return {"ok": True, "events": [e.as_dict() for e in daemon.events.since(since)]}
+    if cmd == "rules_list":
+        return {"ok": True, "rules": status.rules(daemon)}
+    if cmd == "rules_apply":
+        return _rules_apply(daemon, req)
+    if cmd == "reload":
+        return await daemon.reload()
+    return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def _rules_apply(daemon, req: dict[str, Any]) -> dict[str, Any]:
+    from .rules import diff, parse_rules
+    text, path = req.get("text"), str(req.get("path") or "<steerctl>")
+    if not isinstance(text, str):
+        return {"ok": False, "error": "rules_apply needs 'text' (the rules file content)"}
+    try:
+        new = parse_rules(text, path, daemon.cfg.wans)
+    except ValidationError as exc:
+        return {"ok": False, "error": "invalid rules, nothing changed",
+                "problems": [p.as_dict() for p in exc.problems], "text": str(exc)}
+    d = diff(daemon.ruleset, new)
+    out = {"ok": True, "dry_run": bool(req.get("dry_run")), "diff": d.as_dict(), "diff_text": d.render()}
+    if not req.get("dry_run"):
+        t0 = time.monotonic()
+        out["generation"] = daemon.apply_rules(new)
+        out["apply_seconds"] = round(time.monotonic() - t0, 4)
+        daemon.events.emit("rules_applied", f"{len(new.rules)} rules from {path}",
+                           added=len(d.added), removed=len(d.removed), changed=len(d.changed))
+    return out
+
+
+async def _follow(daemon, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    q = daemon.events.follow()
+    try:
+        for e in daemon.events.since(float(req.get("since") or time.time())):
+            await _reply(writer, e.as_dict())
+        while True:
+            ev = await q.get()
+            await _reply(writer, ev.as_dict())
+    finally:
+        daemon.events.unfollow(q)

@@ -1,0 +1,240 @@
+"""The only code that touches the kernel.
+
+`KernelDataplane` receives the desired state (ranges, tunnel marks and tables,
+which tunnels are usable, the slot table) and makes the kernel match it,
+writing only what differs. `FakeDataplane` has the same surface for the
+daemon's unit tests.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import routes, tc
+from .program import MAX_TUNNELS, Cfg, Classifier, ProgramParams, remove_pins
+
+log = logging.getLogger("steerd.dataplane")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    index: int
+    name: str
+    interface: str
+    mark: int
+    table: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything fixed by the config: what to attach where, marks and tables."""
+
+    ingress: tuple[str, ...]
+    ranges: tuple[Network, ...]
+    tunnels: tuple[TunnelSpec, ...]
+    mark_mask: int
+    rule_priority: int
+    nslots: int
+    flow_table_size: int
+    flow_idle_timeout: float
+    pin_dir: str
+
+    @classmethod
+    def from_config(cls, cfg) -> "Layout":
+        dp = cfg.dataplane
+        specs = tuple(TunnelSpec(i, t.name, t.interface, dp.mark_of(i), dp.table_of(i))
+                      for i, t in enumerate(cfg.tunnels))
+        return cls(tuple(cfg.ingress), tuple(cfg.ranges), specs, dp.mark_mask, dp.rule_priority,
+                   dp.slots, dp.flow_table_size, dp.flow_idle_timeout, dp.bpffs)
+
+
+@dataclass
+class SlotTable:
+    tunnel: list[int]
+    ver: list[int]
+
+
+class Dataplane(Protocol):
+    def start(self) -> SlotTable | None: ...
+    def set_usable(self, usable: list[bool]) -> None: ...
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int: ...
+    def counters(self) -> list[tuple[int, int]]: ...
+    def flow_counts(self) -> list[int]: ...
+    def cleanup(self) -> dict[str, int]: ...
+
+
+def _bump(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
+    """New slot table and the changed slot numbers. A slot that changes hands gets
+    a new version so cached flows on it re-decide; except when its old tunnel's
+    flows are to stay (failback policy `new-flows`)."""
+    changed = [s for s, t in enumerate(slots) if current.tunnel[s] != t]
+    ver = list(current.ver)
+    for s in changed:
+        if current.tunnel[s] not in keep_flows_of:
+            ver[s] = (ver[s] + 1) & 0xFFFFFFFF
+    return SlotTable(list(slots), ver), changed
+
+
+class KernelDataplane:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.prog: Classifier | None = None
+        self.slots = SlotTable([0xFFFFFFFF] * layout.nslots, [0] * layout.nslots)
+        self.usable = [False] * len(layout.tunnels)
+
+    def start(self) -> SlotTable | None:
+        """Load the program (adopting pinned maps), program marks, ranges and routes,
+        attach to ingress. Returns the slot table found in pinned maps, if any,
+        so the daemon continues from it instead of moving flows."""
+        lay = self.layout
+        self.prog = Classifier(ProgramParams(lay.pin_dir, max_slots=max(lay.nslots, 64),
+                                             flow_table_size=lay.flow_table_size))
+        adopted = self._read_slots()
+        cfg = Cfg(lay.nslots, lay.mark_mask, int(lay.flow_idle_timeout * 1e9))
+        self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
+        self._write_ranges()
+        self._write_tunnels()
+        routes.install([routes.TunnelRoute(t.interface, t.mark, t.table) for t in lay.tunnels],
+                       list(lay.ranges), lay.mark_mask, lay.rule_priority)
+        if adopted:
+            self.slots = adopted
+        for ifname in lay.ingress:
+            tc.attach(ifname, self.prog.fd)
+        log.info("classifier attached to %s; %d tunnels, %d slots%s", ",".join(lay.ingress),
+                 len(lay.tunnels), lay.nslots, " (adopted pinned state)" if adopted else "")
+        return adopted
+
+    def _read_slots(self) -> SlotTable | None:
+        table = self.prog.table("slots")
+        n = self.layout.nslots
+        tun, ver = [], []
+        for s in range(n):
+            v = table[ct.c_uint32(s)]
+            tun.append(v.tunnel)
+            ver.append(v.ver)
+        cur = self.prog.table("steer_cfg")[ct.c_uint32(0)]
+        valid = cur.nslots == n and all(t < len(self.layout.tunnels) for t in tun)
+        return SlotTable(tun, ver) if valid else None
+
+    def _write_ranges(self) -> None:
+        for fam, name in ((4, "ranges4"), (6, "ranges6")):
+            table = self.prog.table(name)
+            table.clear()
+            for net in self.layout.ranges:
+                if net.version != fam:
+                    continue
+                k = table.Key()
+                k.prefixlen = net.prefixlen
+                raw = net.network_address.packed
+                if fam == 4:
+                    k.addr = int.from_bytes(raw, "little")
+                else:
+                    for i in range(4):
+                        k.addr[i] = int.from_bytes(raw[4 * i:4 * i + 4], "little")
+                table[k] = ct.c_uint8(1)
+
+    def _write_tunnels(self) -> None:
+        table = self.prog.table("tunnels")
+        for i in range(MAX_TUNNELS):
+            v = table.Leaf()
+            if i < len(self.layout.tunnels):
+                v.mark = self.layout.tunnels[i].mark
+                v.up = int(self.usable[i])
+            table[ct.c_uint32(i)] = v
+
+    def set_usable(self, usable: list[bool]) -> None:
+        """Which tunnels may carry traffic. Written before the slot table on a
+        failure so the classifier stops using a dead tunnel at once."""
+        if usable != self.usable:
+            self.usable = list(usable)
+            self._write_tunnels()
+
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
+        """Write only the slots that change hands (one batch). Returns their number."""
+        new, changed = _bump(self.slots, slots, keep_flows_of)
+        if changed:
+            table = self.prog.table("slots")
+            keys = (ct.c_uint32 * len(changed))(*changed)
+            leaves = (table.Leaf * len(changed))()
+            for i, s in enumerate(changed):
+                leaves[i].tunnel = new.tunnel[s]
+                leaves[i].ver = new.ver[s]
+            table.items_update_batch(keys, leaves)
+        self.slots = new
+        return len(changed)
+
+    def counters(self) -> list[tuple[int, int]]:
+        table = self.prog.table("tstats")
+        out = []
+        for i in range(len(self.layout.tunnels)):
+            vals = table.getvalue(ct.c_uint32(i))
+            out.append((sum(v.packets for v in vals), sum(v.bytes for v in vals)))
+        return out
+
+    def flow_counts(self) -> list[int]:
+        """Live flows per tunnel in the affinity table (those not idle-expired)."""
+        import time
+        now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        idle = int(self.layout.flow_idle_timeout * 1e9)
+        counts = [0] * len(self.layout.tunnels)
+        for _, v in self.prog.table("flows").items_lookup_batch():
+            if v.tunnel < len(counts) and now_ns - v.last_ns < idle:
+                counts[v.tunnel] += 1
+        return counts
+
+    def close(self) -> None:
+        """Stop managing; leave the classifier, routes and pins in place (restart)."""
+        if self.prog:
+            self.prog.close()
+            self.prog = None
+
+    def cleanup(self) -> dict[str, int]:
+        return cleanup_kernel(self.layout)
+
+
+def cleanup_kernel(layout: Layout) -> dict[str, int]:
+    """Remove every tc filter, ip rule, route and pinned map steerd created, and nothing else."""
+    filters = sum(tc.detach(i) for i in layout.ingress)
+    removed_routes = routes.remove([t.table for t in layout.tunnels], layout.rule_priority)
+    pins = remove_pins(layout.pin_dir)
+    return {"filters": filters, "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
+
+
+@dataclass
+class FakeDataplane:
+    """In-memory stand-in with the same surface, for daemon/control unit tests."""
+
+    layout: Layout
+    usable: list[bool] = field(default_factory=list)
+    slots: SlotTable | None = None
+    packets: list[tuple[int, int]] = field(default_factory=list)
+
+    def start(self) -> SlotTable | None:
+        n = self.layout.nslots
+        self.slots = SlotTable([0xFFFFFFFF] * n, [0] * n)
+        self.usable = [False] * len(self.layout.tunnels)
+        self.packets = [(0, 0)] * len(self.layout.tunnels)
+        return None
+
+    def set_usable(self, usable: list[bool]) -> None:
+        self.usable = list(usable)
+
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
+        self.slots, changed = _bump(self.slots, slots, keep_flows_of)
+        return len(changed)
+
+    def counters(self) -> list[tuple[int, int]]:
+        return list(self.packets)
+
+    def flow_counts(self) -> list[int]:
+        return [0] * len(self.layout.tunnels)
+
+    def close(self) -> None:
+        pass
+
+    def cleanup(self) -> dict[str, int]:
+        return {}

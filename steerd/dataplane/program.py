@@ -1,0 +1,110 @@
+"""Compile and load the eBPF classifier with bcc; give typed access to its maps.
+
+Maps are pinned under the configured bpffs directory so that a restarted
+daemon adopts the live slot table, flow table and counters (bcc reuses a
+pinned map of the same name instead of creating a new one).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_TUNNELS = 8
+NO_TUNNEL = 0xFFFFFFFF
+PINNED_MAPS = ("steer_cfg", "tunnels", "slots", "tstats", "flows", "ranges4", "ranges6", "misc")
+
+
+def ebpf_dir() -> Path:
+    """Where the C sources are: $STEERD_EBPF_DIR, the source tree, or the installed copy."""
+    env = os.environ.get("STEERD_EBPF_DIR")
+    if env:
+        return Path(env)
+    tree = Path(__file__).resolve().parents[2] / "ebpf"
+    if (tree / "steer.c").exists():
+        return tree
+    return Path("/usr/share/steerd/ebpf")
+
+
+@dataclass(frozen=True)
+class ProgramParams:
+    pin_dir: str
+    max_slots: int = 4096
+    flow_table_size: int = 65536
+    max_rules: int = 16384
+
+    def cflags(self, with_rules: bool) -> list[str]:
+        flags = [
+            f"-I{ebpf_dir()}",
+            f"-DMAX_SLOTS={self.max_slots}",
+            f"-DMAX_TUNNELS={MAX_TUNNELS}",
+            f"-DFLOW_TABLE_SIZE={self.flow_table_size}",
+            f"-DMAX_RULES={self.max_rules}",
+            f'-DPIN_DIR="{self.pin_dir}"',
+        ]
+        if with_rules:
+            flags.append("-DWITH_RULES")
+        return flags
+
+
+def _is_bpffs(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            mnt, fstype = parts[4], parts[sep + 1]
+            if fstype == "bpf" and (real == mnt or real.startswith(mnt.rstrip("/") + "/")):
+                return True
+    return False
+
+
+def ensure_bpffs(pin_dir: str) -> None:
+    """Make *pin_dir* exist on a bpf filesystem, mounting one on its parent if needed.
+
+    `ip netns exec` gives each command a fresh /sys, so the lab keeps its pins
+    on a bpffs mounted under /run instead of /sys/fs/bpf."""
+    parent = os.path.dirname(pin_dir.rstrip("/"))
+    if not _is_bpffs(parent):
+        os.makedirs(parent, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", parent], check=True)
+    os.makedirs(pin_dir, exist_ok=True)
+
+
+class Cfg(ct.Structure):
+    _fields_ = [("nslots", ct.c_uint32), ("mark_mask", ct.c_uint32), ("flow_idle_ns", ct.c_uint64)]
+
+
+class Classifier:
+    """The loaded program: `fd` for tc, maps by name."""
+
+    def __init__(self, params: ProgramParams):
+        from bcc import BPF  # imported late: unit tests and steerctl never need bcc
+
+        ensure_bpffs(params.pin_dir)
+        self.params = params
+        self.with_rules = (ebpf_dir() / "rules.h").exists()
+        self.bpf = BPF(src_file=str(ebpf_dir() / "steer.c").encode(),
+                       cflags=params.cflags(self.with_rules))
+        self.fn = self.bpf.load_func("steer", BPF.SCHED_CLS)
+        self.fd: int = self.fn.fd
+
+    def table(self, name: str):
+        return self.bpf[name.encode()]
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def remove_pins(pin_dir: str) -> list[str]:
+    """Unpin everything steerd pinned (the maps live on while a program uses them)."""
+    removed = []
+    if not os.path.isdir(pin_dir):
+        return removed
+    for name in sorted(os.listdir(pin_dir)):
+        os.unlink(os.path.join(pin_dir, name))
+        removed.append(name)
+    os.rmdir(pin_dir)
+    return removed

@@ -1,0 +1,71 @@
+"""Attach/detach the classifier on clsact ingress with pyroute2.
+
+steerd owns exactly one filter per ingress interface, identified by its
+priority and handle, so cleanup removes ours and nothing else. Replacing the
+filter (restart, upgrade) swaps the program atomically: packets never see
+the interface without a classifier.
+"""
+from __future__ import annotations
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+FILTER_PRIO = 49152 - 7   # our own priority band; other tc users rarely pick it
+FILTER_HANDLE = 0x5e
+INGRESS_PARENT = 0xFFFFFFF2
+FILTER_NAME = "steerd"
+
+
+def _ifindex(ipr: IPRoute, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise LookupError(f"interface {ifname!r} not found")
+    return idx[0]
+
+
+def attach(ifname: str, prog_fd: int) -> None:
+    with IPRoute() as ipr:
+        idx = _ifindex(ipr, ifname)
+        try:
+            ipr.tc("add", "clsact", idx)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: clsact already there (ours or someone's) is fine
+                raise
+        ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd, name=FILTER_NAME,
+               parent=INGRESS_PARENT, prio=FILTER_PRIO, protocol=0x0003, direct_action=True)
+
+
+def attached(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        try:
+            idx = _ifindex(ipr, ifname)
+            filters = ipr.get_filters(idx, parent=INGRESS_PARENT)
+        except (LookupError, NetlinkError):
+            return False
+        return any(f.get("info", 0) >> 16 == FILTER_PRIO and f.get_attr("TCA_KIND") == "bpf"
+                   for f in filters)
+
+
+def detach(ifname: str) -> bool:
+    """Remove our filter; remove clsact only when nothing else uses it."""
+    with IPRoute() as ipr:
+        try:
+            idx = _ifindex(ipr, ifname)
+        except LookupError:
+            return False
+        try:
+            ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=INGRESS_PARENT,
+                   prio=FILTER_PRIO, protocol=0x0003)
+        except NetlinkError:
+            return False
+        try:
+            others = ipr.get_filters(idx, parent=INGRESS_PARENT) + \
+                ipr.get_filters(idx, parent=0xFFFFFFF3)
+        except NetlinkError:
+            others = []
+        if not [f for f in others if f.get_attr("TCA_KIND")]:
+            try:
+                ipr.tc("del", "clsact", idx)
+            except NetlinkError:
+                pass
+        return True

@@ -1,0 +1,93 @@
+"""Prometheus metrics, collected at scrape time from the daemon's state and the
+eBPF counters (so a scrape always sees the data path's own numbers)."""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger("steerd.metrics")
+LABELS = ["tunnel", "wan", "ha_role"]
+
+
+class SteerdCollector:
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def collect(self):
+        d = self.d
+        c = d.controller
+        if c is None:
+            return
+        g = {name: GaugeMetricFamily(f"steerd_{name}", doc, labels=LABELS) for name, doc in (
+            ("tunnel_up", "1 when the tunnel is up or degraded, 0 when down"),
+            ("tunnel_degraded", "1 when the tunnel is over an SLA threshold"),
+            ("tunnel_rtt_seconds", "mean probe round-trip time over the window"),
+            ("tunnel_jitter_seconds", "mean variation of consecutive RTTs over the window"),
+            ("tunnel_loss_ratio", "probe loss over the window (0..1)"),
+            ("tunnel_weight", "normalised weight (bandwidth x health x preference)"),
+            ("tunnel_share", "fraction of slots (new flows) assigned to the tunnel"),
+        )}
+        ctr = {name: CounterMetricFamily(f"steerd_{name}", doc, labels=LABELS) for name, doc in (
+            ("tunnel_tx_packets", "packets steered into the tunnel (eBPF counter)"),
+            ("tunnel_tx_bytes", "bytes steered into the tunnel (eBPF counter)"),
+            ("probe_sent", "probes sent"),
+            ("probe_received", "matching probe replies received"),
+        )}
+        total_w = sum(c.weights) or 1.0
+        shares = c.shares()
+        for i, t in enumerate(d.cfg.tunnels):
+            lv = [t.name, t.wan, t.ha_role]
+            g["tunnel_up"].add_metric(lv, 0 if c.states[i] == "down" else 1)
+            g["tunnel_degraded"].add_metric(lv, 1 if c.states[i] == "degraded" else 0)
+            g["tunnel_weight"].add_metric(lv, c.weights[i] / total_w)
+            g["tunnel_share"].add_metric(lv, shares[i])
+            if d.monitors:
+                st = d.monitors[i].stats()
+                g["tunnel_loss_ratio"].add_metric(lv, st.loss_ratio)
+                if st.rtt_mean is not None:
+                    g["tunnel_rtt_seconds"].add_metric(lv, st.rtt_mean)
+                if st.jitter is not None:
+                    g["tunnel_jitter_seconds"].add_metric(lv, st.jitter)
+            if d.probers:
+                ctr["probe_sent"].add_metric(lv, getattr(d.probers[i], "sent", 0))
+                ctr["probe_received"].add_metric(lv, getattr(d.probers[i], "received", 0))
+            pk, by = d.counters_cache[i] if i < len(d.counters_cache) else (0, 0)
+            ctr["tunnel_tx_packets"].add_metric(lv, pk)
+            ctr["tunnel_tx_bytes"].add_metric(lv, by)
+        yield from g.values()
+        yield from ctr.values()
+        ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying traffic",
+                               labels=["role"])
+        for role in ("primary", "secondary"):
+            ha.add_metric([role], 1 if c.ha.active == role else 0)
+        yield ha
+        for name, value, doc in (
+            ("rebalances", d.rebalances, "slot-table reprogrammings"),
+            ("link_state_changes", d.link_changes, "tunnel state transitions"),
+            ("config_load_errors", d.config_errors, "rejected config or rules loads"),
+        ):
+            m = CounterMetricFamily(f"steerd_{name}", doc)
+            m.add_metric([], value)
+            yield m
+        gen = GaugeMetricFamily("steerd_config_generation", "increments on every applied reload")
+        gen.add_metric([], d.config_generation)
+        yield gen
+        rule_hits = CounterMetricFamily("steerd_rule_matches", "packets matched per rule",
+                                        labels=["rule"])
+        if d.rulemaps is not None:
+            for name, hits in d.rulemaps.hits().items():
+                rule_hits.add_metric([name], hits)
+        yield rule_hits
+
+
+def serve(daemon, listen: str) -> int:
+    """Start the HTTP endpoint on host:port; returns the bound port (0 picks one)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    registry = CollectorRegistry()
+    registry.register(SteerdCollector(daemon))
+    server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    return server.server_address[1]

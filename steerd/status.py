@@ -1,0 +1,57 @@
+"""The `steerctl status` document (DESIGN.md contract) built from daemon state."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def tunnel_rows(daemon) -> list[dict[str, Any]]:
+    c = daemon.controller
+    cfg = daemon.cfg
+    total_w = sum(c.weights) or 1.0
+    shares = c.shares()
+    rows = []
+    for i, t in enumerate(cfg.tunnels):
+        st = daemon.monitors[i].stats() if daemon.monitors else None
+        pk, by = daemon.counters_cache[i] if i < len(daemon.counters_cache) else (0, 0)
+        rows.append({
+            "name": t.name, "ha_role": t.ha_role, "wan": t.wan, "interface": t.interface,
+            "state": c.states[i],
+            "rtt_ms": _ms(st.rtt_mean) if st else None,
+            "rtt_p50_ms": _ms(st.rtt_p50) if st else None,
+            "jitter_ms": _ms(st.jitter) if st else None,
+            "loss_pct": round(st.loss_ratio * 100, 2) if st else None,
+            "weight": round(c.weights[i] / total_w, 4),
+            "share": round(shares[i], 4),
+            "tx_packets": pk, "tx_bytes": by,
+            "down_mbps": t.bandwidth.down_mbps,
+        })
+    return rows
+
+
+def build(daemon) -> dict[str, Any]:
+    return {
+        "site": daemon.cfg.site,
+        "active_ha_role": daemon.controller.ha.active,
+        "tunnels": tunnel_rows(daemon),
+        "rules": len(daemon.ruleset.rules) if daemon.ruleset else 0,
+        "config_generation": daemon.config_generation,
+        "uptime_s": round(time.time() - daemon.started, 1),
+        "metrics_port": daemon.metrics_port,
+    }
+
+
+def rules(daemon) -> list[dict[str, Any]]:
+    if not daemon.ruleset:
+        return []
+    hits = daemon.rulemaps.hits() if daemon.rulemaps else {}
+    out = []
+    for r in daemon.ruleset.rules:
+        d = r.as_dict() if hasattr(r, "as_dict") else {"name": r.name}
+        d["hits"] = hits.get(r.name, 0)
+        out.append(d)
+    return out
