@@ -884,21 +884,14 @@ class Layout:
             blocks = array("Q", bm.to_bytes(nbytes, "little"))
             o = bid * nsum
             for k in range(nsum):
+                # base of an empty summary word is never read (no bit selects it)
                 bm_base[o + k] = len(words)
                 s = 0
-                # only scan the summary word's span that has bits (sparse bitmaps are common)
-                lo, hi = k * 64, min(nwords, k * 64 + 64)
-                if bm >> (lo * 64) == 0:
-                    break
-                for j, w in enumerate(blocks[lo:hi]):
+                for j, w in enumerate(blocks[k * 64:k * 64 + 64]):
                     if w:
                         s |= 1 << j
                         words.append(w)
                 bm_sum[o + k] = s
-            # bases of summary words after the last non-empty one still point past the end
-            for k in range(nsum):
-                if bm_sum[o + k] == 0 and bm_base[o + k] == 0:
-                    bm_base[o + k] = len(words)
         ubase = []
         for f in range(NFIELDS):
             u = c.base[f] if c.used & (1 << f) else (1 << c.nrules) - 1

@@ -1,0 +1,455 @@
+"""Probe samples -> loss / latency / jitter and the link state machine (pure).
+
+No sockets, no clock, no sleeping: every call takes ``now`` (seconds on one
+monotonic clock). The daemon sends a probe when ``now >= next_probe_at()``,
+tells the monitor (``on_sent``), feeds replies (``on_reply``) and calls
+``on_tick`` often (at least at ``next_wakeup()``); all three return the state
+changes they caused.
+
+States: ``up`` / ``degraded`` / ``down``, plus the ``suspect`` flag.
+
+Dead-tunnel detection (the failover budget)
+-------------------------------------------
+A *regular* probe goes out every ``probe.interval``. A probe is *late* when it
+has no reply after the adaptive deadline
+
+    D = min(probe.timeout, max(suspect_floor, suspect_factor * SRTT, SRTT + 4 * RTTVAR))
+
+(SRTT/RTTVAR as in RFC 6298, alpha 1/8, beta 1/4; before the first reply
+D = probe.timeout). A late regular probe makes the tunnel a *suspect* at once:
+confirmation probes then go out every ``confirm_interval``, the first one
+immediately. Any reply to a probe sent since the late one (the late reply
+itself included) clears the suspicion and still counts for RTT. When N
+confirmations in a row are late as well, the tunnel is ``down`` ("N of N
+confirmation probes lost"). The sample itself is *lost* only after
+``probe.timeout``, for the loss statistics.
+
+Worst case (blackhole right after a reply came back, RTT ~1 ms, so D = floor):
+
+    detect = interval + D + (N - 1) * confirm_interval + D
+    interval 1 s:   N=3 -> 1.30 s   N=4 -> 1.40 s   N=5 -> 1.50 s
+    interval 0.1 s: N=3 -> 0.40 s   N=4 -> 0.50 s
+
+(plus the daemon's scheduler tick, 10 ms per step; measured by simulation in
+tests/unit/test_health.py: 1.32 s and 0.43 s with a 10 ms polling loop, N=3).
+
+False downs: how many confirmations (N is adaptive)
+----------------------------------------------------
+With independent random loss p, a false down needs the regular probe *and* N
+confirmations lost: p**(N+1) per regular probe. A fixed N is wrong at one end
+or the other:
+
+    p       N=3 (p^4)   N=4       N=5        expected false downs per hour at 1 s / 100 ms, N=3
+    1 %     1e-8        1e-10     1e-12      0.00004 / 0.0004
+    10 %    1e-4        1e-5      1e-6       0.36 / 3.6
+    40 %    2.6 %       1.0 %     0.41 %     92 / 920
+    50 %    6.3 %       3.1 %     1.6 %      225 / 2250
+
+So N grows with the measured loss: N is the smallest count with
+``p_hat ** (N + 1) <= FALSE_DOWN_PER_PROBE`` (1e-7: at most one false down in
+~116 days of 1 s probes, ~12 days of 100 ms probes, whatever the loss), never
+below ``confirm_misses`` and never above ``MAX_CONFIRMATIONS``:
+
+    p_hat   <=1.8 %  4 %  6.8 %  10 %  20 %  30 %  40 %  50 %
+    N          3      4    5      6     9     13    17    23
+
+``p_hat`` is the larger of the raw loss of the current window (reacts within a
+few samples) and ``(lost + 1) / (n + 20)`` over the last 200 regular samples
+(a prior of 1 loss in 20 so that a fresh monitor does not trust a clean link
+yet; it reaches N=3 after ~37 clean samples). Samples lost to a declared outage
+are kept out of that history: an outage is not random loss, and a tunnel
+that just recovered must again be failed over within the budget. N is frozen
+when a suspicion starts so that the misses of a real outage cannot raise it.
+
+The trade-off: a lossy link is failed over more slowly (40 % loss: N=17,
+~2.8 s at 1 s probes; such a link is ``degraded`` with a low weight anyway),
+and the budget is met on a link whose recent loss is below ~2 % (N=3; N=4 at
+1 s probes still fits: 1.4 s). What no counting can avoid is the *onset*: a
+clean link that suddenly starts losing 40 % at random faces N=3 at its first
+loss, 0.4**3 = 6.4 % chance of one false down (1.6 % at 25 %, 0.1 % at 10 %);
+from the second loss on the window raises N. ``confirm_misses: 4`` lowers that
+to 2.6 % and still fits 1.5 s at 1 s probes (not 0.5 s at 100 ms).
+A sudden RTT rise of more than ~N * confirm_interval (e.g. 1 ms -> 400 ms) is
+indistinguishable from a blackhole inside the budget and is declared down; the
+replies keep updating SRTT, so recovery works at the new RTT.
+
+Degraded, recovery, hysteresis
+------------------------------
+``degraded`` when the window (>= half of ``probe.window`` samples) breaks the
+SLA: loss > loss_pct, jitter > jitter_ms or mean RTT > latency_ms. Back to
+``up`` only after the SLA held for ``max(window * interval, 10 s)``, and no
+more than 2 up/degraded changes in any 60 s (a third one waits): so 40 %
+random loss stays ``degraded`` (P(10 clean samples in a row) = 0.6 %, and the
+hold needs more), never flaps. ``down`` -> ``up`` (or ``degraded``) after
+``recover_successes`` consecutive answered probes; the window then forgets
+the outage. Down is never rate-limited.
+
+``health_factor``: 1.0 up, 0.0 down; degraded: min over the broken metrics of
+sqrt(threshold / measured) (a Mathis-like 1/sqrt(loss) for TCP goodput),
+clamped to [0.1, 0.9].
+
+Statistics over the last ``probe.window`` completed regular samples (by send
+time): loss ratio, mean and median RTT, jitter = mean absolute difference of
+consecutive RTTs (RFC 3550's D, without its 1/16 smoothing). Confirmation
+probes feed SRTT and the suspicion only, so they do not bias the window.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
+if TYPE_CHECKING:  # duck-typed at run time: any object with these attributes works
+    from .config import HealthConfig, ProbeConfig
+
+UP, DEGRADED, DOWN = "up", "degraded", "down"
+STATES = (UP, DEGRADED, DOWN)
+
+FALSE_DOWN_PER_PROBE = 1e-7   # target p_hat**(N+1) per regular probe
+MAX_CONFIRMATIONS = 30        # beyond that the link is as good as dead anyway
+LOSS_HISTORY = 200            # regular samples behind the long loss estimate
+PRIOR_LOST, PRIOR_N = 1.0, 20.0
+DEGRADED_HOLD_MIN = 10.0      # s of SLA compliance before degraded -> up
+SOFT_CHANGES, SOFT_PERIOD = 2, 60.0   # at most 2 up<->degraded changes per 60 s
+FACTOR_FLOOR, DEGRADED_FACTOR_MAX = 0.1, 0.9
+SCHED_SLACK = 1e-3            # a probe sent this early still counts as the scheduled one
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    loss_ratio: float
+    rtt_mean: Optional[float]   # seconds
+    rtt_p50: Optional[float]
+    jitter: Optional[float]
+    samples: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    tunnel: str
+    old: str
+    new: str
+    reason: str
+    at: float
+
+
+def window_stats(rtts: Sequence[Optional[float]]) -> LinkStats:
+    """Stats of samples in send order; ``None`` is a lost sample."""
+    got = [r for r in rtts if r is not None]
+    n = len(rtts)
+    loss = (n - len(got)) / n if n else 0.0
+    if not got:
+        return LinkStats(loss, None, None, None, n)
+    jitter = (sum(abs(b - a) for a, b in zip(got, got[1:])) / (len(got) - 1)
+              if len(got) > 1 else None)
+    return LinkStats(loss, sum(got) / len(got), statistics.median(got), jitter, n)
+
+
+def confirmations_for(p_hat: float, minimum: int, target: float = FALSE_DOWN_PER_PROBE,
+                      maximum: int = MAX_CONFIRMATIONS) -> int:
+    """Smallest N >= minimum with p_hat**(N+1) <= target (capped at maximum)."""
+    hi = max(maximum, minimum)
+    if p_hat <= 0.0:
+        return minimum
+    if p_hat >= 1.0:
+        return hi
+    need = math.ceil(math.log(target) / math.log(p_hat) - 1e-9) - 1
+    return min(max(need, minimum), hi)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+@dataclass
+class _Probe:
+    seq: int
+    sent: float
+    regular: bool         # a scheduled probe: becomes a window sample
+    episode: int          # the suspicion it confirms (0: none)
+    deadline: float       # late after this
+    late: bool = False
+    outage: bool = False  # lost to a declared outage: not random-loss evidence
+
+
+@dataclass
+class _Sample:
+    sent: float
+    rtt: Optional[float]
+
+
+class LinkMonitor:
+    """Health and state of one tunnel. See the module docstring."""
+
+    def __init__(self, tunnel: str, probe: "ProbeConfig", health: "HealthConfig", now: float):
+        self.tunnel = tunnel
+        self.probe = probe
+        self.health = health
+        self.state: str = health.initial_state if health.initial_state in STATES else UP
+        self.suspect: bool = False
+        self._pending: dict[int, _Probe] = {}
+        self._window: list[_Sample] = []          # sorted by send time
+        self._history: deque[bool] = deque(maxlen=LOSS_HISTORY)   # True = lost
+        self._srtt: Optional[float] = None
+        self._rttvar = 0.0
+        self._next_regular = now                  # first probe at once
+        self._episodes = 0
+        self._episode = 0                         # current suspicion (0: none)
+        self._ep_origin = 0.0                     # send time of the late probe that opened it
+        self._ep_needed = 0
+        self._ep_misses = 0
+        self._next_confirm = math.inf
+        self._down_since: Optional[float] = now if self.state == DOWN else None
+        self._run = 0                             # consecutive successes while down
+        self._run_start = 0.0
+        self._sla_ok_since: Optional[float] = None
+        self._soft_changes: deque[float] = deque(maxlen=SOFT_CHANGES)
+
+    # ------------------------------------------------------------- scheduling
+    def next_probe_at(self) -> float:
+        """When the next probe is due: the regular schedule, or the next
+        confirmation while suspect (whichever is first)."""
+        if self.suspect:
+            return min(self._next_regular, self._next_confirm)
+        return self._next_regular
+
+    def next_deadline(self) -> Optional[float]:
+        """Earliest pending deadline (late or timed out) that on_tick must see."""
+        times = [p.sent + self.probe.timeout if p.late else p.deadline
+                 for p in self._pending.values()]
+        return min(times) if times else None
+
+    def next_wakeup(self) -> float:
+        d = self.next_deadline()
+        return self.next_probe_at() if d is None else min(d, self.next_probe_at())
+
+    def deadline(self) -> float:
+        """The current adaptive lateness deadline D (seconds after sending)."""
+        h, timeout = self.health, self.probe.timeout
+        if self._srtt is None:
+            return timeout
+        d = max(h.suspect_floor, h.suspect_factor * self._srtt, self._srtt + 4 * self._rttvar)
+        return min(d, timeout)
+
+    # ------------------------------------------------------------------ input
+    def on_sent(self, seq: int, now: float) -> None:
+        interval = self.probe.interval
+        regular = now >= self._next_regular - SCHED_SLACK
+        if regular:
+            # keep the ideal cadence (a late tick does not shift every later probe)
+            self._next_regular += interval
+            if self._next_regular <= now:
+                self._next_regular = now + interval
+        episode = 0
+        if self.suspect:
+            episode = self._episode
+            if now >= self._next_confirm - SCHED_SLACK:
+                self._next_confirm += self.health.confirm_interval
+                if self._next_confirm <= now:
+                    self._next_confirm = now + self.health.confirm_interval
+        self._pending[seq] = _Probe(seq, now, regular, episode, now + self.deadline())
+
+    def on_reply(self, seq: int, rtt: float, now: float) -> list[Transition]:
+        p = self._pending.pop(seq, None)
+        if p is None:           # unknown, duplicate or already timed out
+            return []
+        rtt = max(0.0, rtt)
+        self._update_rtt(rtt)
+        out: list[Transition] = []
+        if p.regular:
+            self._add_sample(p, rtt)
+        if self.state == DOWN:
+            if self._down_since is not None and p.sent >= self._down_since:
+                if self._run == 0:
+                    self._run_start = p.sent
+                self._run += 1
+                if self._run >= self.health.recover_successes:
+                    out += self._recover(now)
+        elif self.suspect and p.sent >= self._ep_origin:
+            self._clear_suspicion()
+        return out + self._evaluate_sla(now)
+
+    def on_tick(self, now: float) -> list[Transition]:
+        timeout = self.probe.timeout
+        events = []   # (time, order, probe): late before timed out at equal times
+        for p in self._pending.values():
+            if not p.late and now >= p.deadline:
+                events.append((p.deadline, 0, p.seq))
+            if now >= p.sent + timeout:
+                events.append((p.sent + timeout, 1, p.seq))
+        out: list[Transition] = []
+        for at, kind, seq in sorted(events):
+            p = self._pending.get(seq)
+            if p is None:
+                continue
+            if kind == 0:
+                p.late = True
+                out += self._on_late(p, now)
+            else:
+                del self._pending[seq]
+                if p.regular:
+                    self._add_sample(p, None)
+                if self.state == DOWN and self._down_since is not None and p.sent >= self._down_since:
+                    self._run = 0
+        return out + self._evaluate_sla(now)
+
+    def reconfigure(self, probe: "ProbeConfig", health: "HealthConfig") -> None:
+        """New thresholds/intervals on reload; the measurements are kept."""
+        if probe.interval != self.probe.interval:
+            self._next_regular = min(self._next_regular, self._next_regular - self.probe.interval
+                                     + probe.interval)
+        self.probe, self.health = probe, health
+        del self._window[:max(0, len(self._window) - probe.window)]
+
+    # ----------------------------------------------------------------- output
+    def stats(self) -> LinkStats:
+        return window_stats([s.rtt for s in self._window])
+
+    def health_factor(self) -> float:
+        if self.state == DOWN:
+            return 0.0
+        if self.state == UP:
+            return 1.0
+        f = self._sla_factor(self.stats())
+        return min(DEGRADED_FACTOR_MAX, max(FACTOR_FLOOR, f))
+
+    def loss_estimate(self) -> float:
+        """p_hat: the loss rate the confirmation count is sized for."""
+        n = len(self._history)
+        lost = sum(self._history)
+        p = (lost + PRIOR_LOST) / (n + PRIOR_N)
+        if self._window:
+            p = max(p, sum(1 for s in self._window if s.rtt is None) / len(self._window))
+        return p
+
+    def confirmations_needed(self) -> int:
+        return confirmations_for(self.loss_estimate(), self.health.confirm_misses)
+
+    @property
+    def srtt(self) -> Optional[float]:
+        return self._srtt
+
+    # -------------------------------------------------------------- internals
+    def _update_rtt(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+
+    def _add_sample(self, p: _Probe, rtt: Optional[float]) -> None:
+        keys = [s.sent for s in self._window]
+        self._window.insert(bisect.bisect_right(keys, p.sent), _Sample(p.sent, rtt))
+        del self._window[:max(0, len(self._window) - self.probe.window)]
+        if not p.outage and self.state != DOWN:
+            self._history.append(rtt is None)
+
+    def _on_late(self, p: _Probe, now: float) -> list[Transition]:
+        if self.state == DOWN:
+            return []
+        if self.suspect:
+            if p.episode == self._episode:
+                self._ep_misses += 1
+                if self._ep_misses >= self._ep_needed:
+                    return self._go_down(now)
+            return []
+        if p.regular:
+            self.suspect = True
+            self._episodes += 1
+            self._episode = self._episodes
+            self._ep_origin = p.sent
+            self._ep_needed = self.confirmations_needed()
+            self._ep_misses = 0
+            self._next_confirm = p.deadline     # the first confirmation goes out at once
+        return []
+
+    def _clear_suspicion(self) -> None:
+        self.suspect = False
+        self._episode = 0
+        self._next_confirm = math.inf
+
+    def _change(self, new: str, reason: str, now: float) -> Transition:
+        t = Transition(self.tunnel, self.state, new, reason, now)
+        self.state = new
+        return t
+
+    def _go_down(self, now: float) -> list[Transition]:
+        n = self._ep_misses
+        for p in self._pending.values():
+            if p.sent >= self._ep_origin:
+                p.outage = True
+        self._clear_suspicion()
+        self._down_since, self._run = now, 0
+        self._sla_ok_since = None
+        return [self._change(DOWN, f"{n} of {n} confirmation probes lost", now)]
+
+    def _recover(self, now: float) -> list[Transition]:
+        # the window forgets the outage: it describes a path that is gone
+        self._window = [s for s in self._window if s.sent >= self._run_start]
+        reason = f"{self._run} consecutive probes answered"
+        self._down_since, self._run = None, 0
+        st = self.stats()
+        broken = self._violations(st) if st.samples >= self._min_samples() else []
+        self._sla_ok_since = None if broken else now
+        if broken:
+            return [self._change(DEGRADED, reason + "; " + ", ".join(broken), now)]
+        return [self._change(UP, reason, now)]
+
+    def _min_samples(self) -> int:
+        return max(1, (self.probe.window + 1) // 2)
+
+    def _violations(self, st: LinkStats) -> list[str]:
+        h = self.health
+        out = []
+        if st.loss_ratio * 100 > h.loss_pct:
+            out.append(f"loss {_fmt(st.loss_ratio * 100)} % > {_fmt(h.loss_pct)} %")
+        if st.jitter is not None and st.jitter * 1000 > h.jitter_ms:
+            out.append(f"jitter {_fmt(st.jitter * 1000)} ms > {_fmt(h.jitter_ms)} ms")
+        if st.rtt_mean is not None and st.rtt_mean * 1000 > h.latency_ms:
+            out.append(f"latency {_fmt(st.rtt_mean * 1000)} ms > {_fmt(h.latency_ms)} ms")
+        return out
+
+    def _sla_factor(self, st: LinkStats) -> float:
+        h = self.health
+        f = 1.0
+        for measured, limit in ((st.loss_ratio * 100, h.loss_pct),
+                                (None if st.jitter is None else st.jitter * 1000, h.jitter_ms),
+                                (None if st.rtt_mean is None else st.rtt_mean * 1000, h.latency_ms)):
+            if measured is not None and limit > 0 and measured > limit:
+                f = min(f, math.sqrt(limit / measured))
+        return f
+
+    def _soft_change_allowed(self, now: float) -> bool:
+        return len(self._soft_changes) < SOFT_CHANGES or now - self._soft_changes[0] >= SOFT_PERIOD
+
+    def _evaluate_sla(self, now: float) -> list[Transition]:
+        if self.state == DOWN:
+            return []
+        st = self.stats()
+        if st.samples < self._min_samples():
+            return []
+        broken = self._violations(st)
+        if self.state == UP:
+            if broken and self._soft_change_allowed(now):
+                self._soft_changes.append(now)
+                self._sla_ok_since = None
+                return [self._change(DEGRADED, ", ".join(broken), now)]
+            return []
+        if broken:
+            self._sla_ok_since = None
+            return []
+        if self._sla_ok_since is None:
+            self._sla_ok_since = now
+        hold = max(self.probe.window * self.probe.interval, DEGRADED_HOLD_MIN)
+        if now - self._sla_ok_since >= hold and self._soft_change_allowed(now):
+            self._soft_changes.append(now)
+            return [self._change(UP, f"within SLA for {_fmt(now - self._sla_ok_since)} s", now)]
+        return []
+
+
+def replay(monitor: LinkMonitor, rtt_of: "Iterable", duration: float, start: float,
+           tick: float = 0.0) -> list[Transition]:  # pragma: no cover - defined below
+    raise NotImplementedError

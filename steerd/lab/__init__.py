@@ -1,0 +1,1 @@
+"""The network-namespace lab: veth stand-ins for tunnels, traffic and impairment."""
