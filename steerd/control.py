@@ -46,6 +46,17 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
     return struct.unpack("3i", creds)[1]
 
 
+async def _discard(reader: asyncio.StreamReader, seconds: float = 1.0) -> None:
+    """Swallow the rest of a refused request for a moment, so the client reads
+    our error instead of a connection reset."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(1 << 16):
+                pass
+    except TimeoutError:
+        pass
+
+
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj).encode() + b"\n")
     await writer.drain()
@@ -57,6 +68,7 @@ async def _client(daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWr
             line = await asyncio.wait_for(reader.readline(), 10)
         except (asyncio.LimitOverrunError, ValueError):
             await _reply(writer, {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
+            await _discard(reader)
             return
         try:
             req = json.loads(line)

@@ -42,6 +42,7 @@ class Controller:
         self.ha = selection.HaSelector(cfg.tunnels, cfg.failback_hold, now)
         self.weights = [0.0] * n
         self.slots: list[int] | None = list(adopted_slots) if adopted_slots else None
+        self.usable = tuple(s != "down" for s in self.states)
 
     # -- inputs -------------------------------------------------------------
     def link_state(self, index: int, state: str, now: float) -> tuple[Programming | None, list[Note]]:
@@ -70,7 +71,7 @@ class Controller:
 
     # -- decisions ----------------------------------------------------------
     def _ha(self, now: float) -> list[Note]:
-        return [Note(e.type, e.reason) for e in self.ha.update(self.states, now)]
+        return [Note(e.type, e.reason, e.tunnel or None) for e in self.ha.update(self.states, now)]
 
     def wan_tunnels(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
@@ -86,8 +87,9 @@ class Controller:
         new = selection.effective_weights(self.cfg.tunnels, self.states, self.factors, self.ha.active)
         usable = tuple(s != "down" for s in self.states)
         if not any(w > 0 for w in new):
-            # Nowhere to go: keep the last slot table rather than dropping traffic.
-            return Programming(usable, None, frozenset(), self.wan_tunnels(), reason), []
+            # Nowhere to go: keep the last good programming (slots and usable
+            # tunnels) rather than dropping traffic; HaSelector says so in an event.
+            return Programming(self.usable, None, frozenset(), self.wan_tunnels(), reason), []
         if self.slots is not None and not force and not selection.weights_changed(
                 self.weights, new, self.cfg.rebalance_threshold):
             return None, []
@@ -96,7 +98,7 @@ class Controller:
         keep: frozenset[int] = frozenset()
         if self.cfg.failback == "new-flows" and any(n.type == "ha_failback" for n in notes or []):
             keep = frozenset(i for i, t in enumerate(self.cfg.tunnels) if t.ha_role == "secondary")
-        self.weights, self.slots = list(new), slots
+        self.weights, self.slots, self.usable = list(new), slots, usable
         total = sum(new) or 1.0
         note = Note("rebalance", reason, extra={
             "slots_moved": moved, "slots": len(slots),

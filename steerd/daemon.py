@@ -132,10 +132,7 @@ class Daemon:
                          site=self.cfg.site)
         server = await control.serve(self, self.cfg.control_socket, self.cfg.control_group)
         self.metrics_port = metrics.serve(self, self.cfg.metrics_listen)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._install_signals(asyncio.get_running_loop())
         tasks = [asyncio.create_task(self.rebalance_loop()), asyncio.create_task(self.counters_loop())]
         if self.probing:
             self._start_probing(now)
@@ -153,6 +150,11 @@ class Daemon:
             p.close()
         self.dp.close()
         log.info("stopped; the data path keeps forwarding (steerd --cleanup removes it)")
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
 
     def _current(self) -> Programming:
         c = self.controller

@@ -96,11 +96,12 @@ probes feed SRTT and the suspicion only, so they do not bias the window.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 if TYPE_CHECKING:  # duck-typed at run time: any object with these attributes works
     from .config import HealthConfig, ProbeConfig
@@ -450,6 +451,33 @@ class LinkMonitor:
         return []
 
 
-def replay(monitor: LinkMonitor, rtt_of: "Iterable", duration: float, start: float,
-           tick: float = 0.0) -> list[Transition]:  # pragma: no cover - defined below
-    raise NotImplementedError
+def simulate(monitor: LinkMonitor, rtt_of: Callable[[int, float], Optional[float]],
+             start: float, until: float, tick: float = 0.0) -> list[Transition]:
+    """Drive ``monitor`` with a synthetic path (pure, for tests and what-ifs).
+
+    ``rtt_of(seq, sent)`` is the RTT of that probe's reply or None (lost).
+    ``tick=0``: exact event times. ``tick>0``: a polling loop like the
+    daemon's (send if due, then on_tick, every ``tick`` s; replies are handled
+    when they arrive, as the event loop's reader callback does)."""
+    out: list[Transition] = []
+    replies: list[tuple[float, int, float]] = []
+    seq, k, t = 0, 0, start
+    while t <= until:
+        while replies and replies[0][0] <= t:
+            at, s, rtt = heapq.heappop(replies)
+            out += monitor.on_reply(s, rtt, at)
+        if tick:
+            out += monitor.on_tick(t)
+        if t >= monitor.next_probe_at():
+            seq += 1
+            monitor.on_sent(seq, t)
+            rtt = rtt_of(seq, t)
+            if rtt is not None:
+                heapq.heappush(replies, (t + rtt, seq, rtt))
+        if tick:
+            k += 1
+            t = start + k * tick
+        else:
+            out += monitor.on_tick(t)
+            t = min(monitor.next_wakeup(), replies[0][0] if replies else math.inf)
+    return out

@@ -1,0 +1,289 @@
+"""Writes compiled rules into the matcher's maps (ebpf/rules.h), atomically.
+
+Every table has two halves. ``apply`` fills the inactive half with batch
+updates (one syscall per map, so 10,000 rules take milliseconds, not the
+seconds of per-element writes), writes that half's cfg (generation, rule
+count), then flips ``rl_active``: packets switch from one complete rule set
+to the other, and the program is never recompiled or reattached.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import re
+import time
+from array import array
+from pathlib import Path
+from typing import Any, Mapping
+
+from bcc.libbcc import lib
+from bcc.utils import get_possible_cpus
+
+from steerd.rules import NFIELDS, NO_TUNNEL, CompiledRules, Limits
+
+#: Where the matcher's C lives.
+EBPF_DIR = Path(__file__).resolve().parents[2] / "ebpf"
+
+#: After a flip, a packet that read the old ``rl_active`` may still be
+#: classifying against the old half; wait this long before rewriting it
+#: (a packet takes microseconds; this is a wide margin).
+_REUSE_GRACE_S = 0.02
+
+
+def inline_includes(src: str, base_dir: str | Path = EBPF_DIR, _seen: set[str] | None = None) -> str:
+    """Paste local ``#include "x.h"`` files into *src*.
+
+    bcc rewrites map accesses (``map.lookup(...)``) only in its main file; in an
+    included header they compile to an indirect call the verifier rejects. So a
+    program that uses rules.h must be handed to bcc with the header inlined."""
+    seen = _seen if _seen is not None else set()
+    base = Path(base_dir)
+
+    def repl(m: re.Match[str]) -> str:
+        path = (base / m.group(1)).resolve()
+        if str(path) in seen:
+            return ""
+        seen.add(str(path))
+        return inline_includes(path.read_text(), path.parent, seen)
+
+    return re.sub(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', repl, src, flags=re.M)
+
+
+def rules_cflags(limits: Limits = Limits()) -> list[str]:
+    """The -D flags that size the matcher's maps (pass them to bcc's BPF())."""
+    return [f"-DMAX_RULES={limits.max_rules}", f"-DRL_MAX_BITMAPS={limits.max_bitmaps}",
+            f"-DRL_MAX_WORDS={limits.max_words}", f"-DRL_MAX_PREFIXES={limits.max_prefixes}"]
+
+
+def _buf(a: Any) -> ct.c_void_p:
+    """Address of an array.array / bytearray without copying."""
+    if isinstance(a, array):
+        return ct.c_void_p(a.buffer_info()[0])
+    return ct.cast((ct.c_char * len(a)).from_buffer(a), ct.c_void_p)
+
+
+class _Map:
+    """A bcc table seen as fd + sizes; batch ops on raw buffers."""
+
+    def __init__(self, bpf: Any, name: str):
+        t = bpf[name]
+        self.name = name
+        self.fd = t.map_fd
+        self.max_entries = t.max_entries
+        self.key_size = ct.sizeof(t.Key)
+        self.value_size = ct.sizeof(getattr(t, "sLeaf", t.Leaf))
+
+    def update(self, keys: Any, values: Any, count: int) -> None:
+        if count <= 0:
+            return
+        n = ct.c_uint32(count)
+        if lib.bpf_update_batch(self.fd, _buf(keys), _buf(values), ct.byref(n)) != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"batch update of {self.name} ({count} entries): {os.strerror(err)}")
+
+    def delete(self, keys: Any, count: int) -> None:
+        if count <= 0:
+            return
+        n = ct.c_uint32(count)
+        if lib.bpf_delete_batch(self.fd, _buf(keys), ct.byref(n)) != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"batch delete from {self.name}: {os.strerror(err)}")
+
+    def lookup_range(self, start: int, count: int, value_size: int) -> bytearray:
+        """Values of array keys start..start+count-1 (per-CPU: value_size covers all CPUs)."""
+        out = bytearray(count * value_size)
+        keys = array("I", bytes(4 * count))
+        prev = ct.c_uint32(start - 1)
+        nxt = ct.c_uint32(0)
+        n = ct.c_uint32(count)
+        rc = lib.bpf_lookup_batch(self.fd, ct.byref(prev) if start else None, ct.byref(nxt),
+                                  _buf(keys), _buf(out), ct.byref(n))
+        if rc != 0 and ct.get_errno() != 2:      # ENOENT: reached the end, n holds the count
+            err = ct.get_errno()
+            raise OSError(err, f"batch lookup of {self.name}: {os.strerror(err)}")
+        return out
+
+
+def _keys(start: int, count: int) -> array:
+    return array("I", range(start, start + count))
+
+
+class RuleMaps:
+    """The live rule tables of one loaded program (a bcc.BPF with rules.h inside)."""
+
+    _NAMES = ("rl_active", "rl_cfg", "rl_src4", "rl_dst4", "rl_src6", "rl_dst6", "rl_sport",
+              "rl_dport", "rl_proto", "rl_dscp", "rl_ingress", "rl_bm", "rl_words", "rl_ubase",
+              "rl_rules", "rl_wan", "rl_hits")
+
+    def __init__(self, bpf: Any):
+        self.m = {n: _Map(bpf, n) for n in self._NAMES}
+        m = self.m
+        self.ncpus = len(get_possible_cpus())
+        self.limits = Limits(max_rules=m["rl_rules"].max_entries // 2,
+                             max_bitmaps=m["rl_bm"].max_entries // 2,
+                             max_words=m["rl_words"].max_entries // 2,
+                             max_prefixes=m["rl_src4"].max_entries,
+                             max_wans=m["rl_wan"].max_entries // 2,
+                             max_ingress=m["rl_ingress"].max_entries)
+        # what each half holds, so the next fill can delete stale LPM/hash keys
+        self._lpm_keys: list[dict[str, tuple[bytearray, int]]] = [{}, {}]
+        self._ingress_keys: list[tuple[array, int]] = [(array("I"), 0), (array("I"), 0)]
+        self._compiled: list[CompiledRules | None] = [None, None]
+        self._active = 0
+        self._gen = 0
+        self._flipped_at = 0.0
+        self._carried: dict[str, int] = {}   # hits of names from earlier applies
+        self._wan_tunnels: dict[str, int | None] = {}
+        # start from a clean, empty set 0 (a fresh bcc map is zeroed already)
+        self._write_cfg(0, 0, 0, 0, 0)
+        self._write_active(0)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def generation(self) -> int:
+        """The active set's generation (what the program reports in rule_verdict.gen)."""
+        return self._gen
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def compiled(self) -> CompiledRules | None:
+        return self._compiled[self._active]
+
+    def apply(self, compiled: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+        """Make *compiled* the active rule set in one step (the flip of rl_active)."""
+        if compiled.limits != self.limits:
+            raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}: "
+                             "compile with RuleMaps.limits")
+        s = 1 - self._active
+        wait = self._flipped_at + _REUSE_GRACE_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._fill(s, compiled, wan_tunnels)
+        gen = self._gen + 1
+        self._write_cfg(s, gen, compiled.nrules, compiled.used, compiled.ingress_default)
+        old = self._compiled[self._active]
+        old_hits = self._read_hits(self._active, old) if old else {}
+        self._write_active(s)          # <- the atomic switch
+        self._flipped_at = time.monotonic()
+        # packets classified on the old half between the read above and the flip
+        # are lost from the counters: a handful at most, never double counted
+        self._active, self._gen = s, gen
+        self._compiled[s] = compiled
+        self._wan_tunnels = dict(wan_tunnels)
+        for name, n in old_hits.items():
+            self._carried[name] = self._carried.get(name, 0) + n
+        keep = set(compiled.names)
+        self._carried = {k: v for k, v in self._carried.items() if k in keep}
+
+    def set_wan_tunnels(self, wan_tunnels: Mapping[str, int | None]) -> None:
+        """Update the active set's wan -> tunnel table in place (link/HA change),
+        then bump the generation so cached per-flow decisions are dropped.
+        Written wan first, generation last: a packet that sees the new
+        generation also sees the new table."""
+        c = self._compiled[self._active]
+        self._wan_tunnels = dict(wan_tunnels)
+        if c is None:
+            return
+        self._write_wans(self._active, c, wan_tunnels)
+        self._gen += 1
+        self._write_cfg(self._active, self._gen, c.nrules, c.used, c.ingress_default)
+
+    def hits(self) -> dict[str, int]:
+        """Packets matched per rule name of the active set, across applies."""
+        c = self._compiled[self._active]
+        if c is None:
+            return {}
+        cur = self._read_hits(self._active, c)
+        return {n: self._carried.get(n, 0) + cur.get(n, 0) for n in c.names}
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_active(self, s: int) -> None:
+        self.m["rl_active"].update(array("I", [0]), array("I", [s]), 1)
+
+    def _write_cfg(self, s: int, gen: int, nrules: int, used: int, ingress_default: int) -> None:
+        self.m["rl_cfg"].update(array("I", [s]), array("I", [gen, nrules, used, ingress_default]), 1)
+
+    def _write_wans(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+        n = self.limits.max_wans
+        vals = array("I", [NO_TUNNEL] * n)
+        for name, wid in c.wan_ids.items():
+            t = wan_tunnels.get(name)
+            if t is not None:
+                vals[wid] = t
+        self.m["rl_wan"].update(_keys(s * n, n), vals, n)
+
+    def _fill(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+        lim, m, lay = self.limits, self.m, c.layout
+        # 1. stale keys of this half (from two applies ago) would still match: delete
+        for name, (keys, count) in self._lpm_keys[s].items():
+            m[name].delete(keys, count)
+        self._lpm_keys[s] = {}
+        ik, icount = self._ingress_keys[s]
+        m["rl_ingress"].delete(ik, icount)
+        self._ingress_keys[s] = (array("I"), 0)
+        # 2. bitmaps: sparse S headers, their words, the dense U per field
+        nb, nsum = len(c.bitmaps), lim.nsum
+        hdr_size = m["rl_bm"].value_size
+        hdr = bytearray(hdr_size * nb)
+        pad = hdr_size - 12 * nsum
+        sums, bases = lay.bm_sum.tobytes(), lay.bm_base.tobytes()
+        hdr[:] = b"".join(sums[i * 8 * nsum:(i + 1) * 8 * nsum] + bases[i * 4 * nsum:(i + 1) * 4 * nsum]
+                          + bytes(pad) for i in range(nb))
+        m["rl_bm"].update(_keys(s * lim.max_bitmaps, nb), hdr, nb)
+        m["rl_words"].update(_keys(s * lim.max_words, len(lay.words)), lay.words, len(lay.words))
+        ub = bytearray(b"".join(lay.ubase[f][0].tobytes() + lay.ubase[f][1].tobytes()
+                                for f in range(NFIELDS)))
+        m["rl_ubase"].update(_keys(s * NFIELDS, NFIELDS), ub, NFIELDS)
+        # 3. field tables (fields no rule uses are never looked up: skip them)
+        for name, entries, width in (("rl_src4", c.src4, 4), ("rl_dst4", c.dst4, 4),
+                                     ("rl_src6", c.src6, 16), ("rl_dst6", c.dst6, 16)):
+            if not entries:
+                continue
+            # struct rl_key{4,6}: prefixlen covers the set word too; address as on the wire
+            sword = s.to_bytes(4, "little")
+            keys = bytearray(b"".join((32 + plen).to_bytes(4, "little") + sword
+                                      + net.to_bytes(width, "big")
+                                      for net, plen, _ in entries))
+            vals = array("I", [bid for _, _, bid in entries])
+            m[name].update(keys, vals, len(entries))
+            self._lpm_keys[s][name] = (keys, len(entries))
+        for name, runs in (("rl_sport", c.sport), ("rl_dport", c.dport)):
+            if len(runs) > 1 or runs[0][2]:
+                vals = array("I")
+                for lo, hi, bid in runs:
+                    vals.extend(array("I", [bid]) * (hi - lo + 1))
+                m[name].update(_keys(s * 65536, 65536), vals, 65536)
+        m["rl_proto"].update(_keys(s * 256, 256), array("I", c.proto), 256)
+        m["rl_dscp"].update(_keys(s * 64, 64), array("I", c.dscp), 64)
+        if c.ingress:
+            keys = array("I")
+            for ifindex in c.ingress:
+                keys.extend((s, ifindex))
+            vals = array("I", list(c.ingress.values()))
+            m["rl_ingress"].update(keys, vals, len(c.ingress))
+            self._ingress_keys[s] = (keys, len(c.ingress))
+        # 4. per-rule actions, wan table, zeroed hit counters
+        n = c.nrules
+        acts = array("I")
+        for wan, fb, fbw in c.actions:
+            acts.extend((wan, fb, fbw, 0))
+        m["rl_rules"].update(_keys(s * lim.max_rules, n), acts, n)
+        self._write_wans(s, c, wan_tunnels)
+        zeros = bytearray(8 * self.ncpus * n)
+        m["rl_hits"].update(_keys(s * lim.max_rules, n), zeros, n)
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_hits(self, s: int, c: CompiledRules) -> dict[str, int]:
+        n = c.nrules
+        if n == 0:
+            return {}
+        raw = self.m["rl_hits"].lookup_range(s * self.limits.max_rules, n, 8 * self.ncpus)
+        per = array("Q", bytes(raw))
+        k = self.ncpus
+        return {name: sum(per[i * k:(i + 1) * k]) for i, name in enumerate(c.names)}
