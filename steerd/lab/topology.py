@@ -95,6 +95,8 @@ class Lab:
         for ns in (self.core, self.gw, self.site):
             sh("ip", "netns", "add", ns)
             ns_sh(ns, "ip", "link", "set", "lo", "up")
+            # no DAD: addresses (link-local too) are usable at once, the lab is deterministic
+            sysctl(ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
         self._link(self.core, "up0", self.gw, "core0")
         ns_sh(self.core, "ip", "addr", "add", f"{CORE4}/24", "dev", "up0")
         ns_sh(self.core, "ip", "-6", "addr", "add", f"{CORE6}/64", "dev", "up0", "nodad")
