@@ -23,7 +23,6 @@ from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
                        ip_address, ip_network)
 from typing import Any, Callable
 
-import yaml
 
 from .yamlsrc import Node, Problem, ValidationError, load_yaml
 
@@ -325,9 +324,9 @@ def _duration(lo: float, hi: float, lo_open: bool = False) -> Conv:
     return conv
 
 
-def _milliseconds(lo_open_min: float, hi: float) -> Conv:
+def _milliseconds(lo: float, hi: float) -> Conv:
     """Thresholds named *_ms: a plain number is milliseconds; '30ms'/'1s' also work."""
-    expected = (f"a number of milliseconds > {lo_open_min:g} and <= {hi:g} "
+    expected = (f"a number of milliseconds > {lo:g} and <= {hi:g} "
                 f"(or a duration with its unit, such as 30ms)")
 
     def conv(ck: _Checker, node: Node, key: str) -> Any:
@@ -340,7 +339,7 @@ def _milliseconds(lo_open_min: float, hi: float) -> Conv:
                 ms = parse_duration(v) * 1000
             except ValueError:
                 ms = None
-        if ms is None or not _in_range(ms, lo_open_min, hi, lo_open=True):
+        if ms is None or not _in_range(ms, lo, hi, lo_open=True):
             return ck.fail(node, key, node.plain(), expected)
         return ms
     return conv
@@ -480,9 +479,8 @@ def _listen(ck: _Checker, node: Node, key: str) -> Any:
         return ck.fail(node, key, v, expected)
     bracketed = m.group(1) is not None
     host, port = (m.group(1), m.group(2)) if bracketed else (m.group(3), m.group(4))
-    if not (_ipv6(host) if bracketed else _ipv4(host) or _hostname(host)):
-        return ck.fail(node, key, v, expected)
-    if not 1 <= int(port) <= 65535:
+    host_ok = _ipv6(host) if bracketed else _ipv4(host) or _hostname(host)
+    if not host_ok or not 1 <= int(port) <= 65535:
         return ck.fail(node, key, v, expected)
     return v
 
@@ -579,7 +577,8 @@ def _mark_mask(ck: _Checker, node: Node, key: str) -> Any:
     if (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 0xFFFFFFFF
             and _contiguous(v) and bin(v).count("1") >= need):
         return v
-    return ck.fail(node, key, node.plain(),
+    shown = f"{v:#010x}" if isinstance(v, int) and not isinstance(v, bool) else node.plain()
+    return ck.fail(node, key, shown,
                    f"a contiguous 32-bit mask at least {need} bits wide (tunnel marks "
                    f"1..{MAX_TUNNELS} must fit), such as 0x0F000000")
 
@@ -693,10 +692,10 @@ def _check_unique(ck: _Checker, key: str, checked: Checked) -> None:
             node = item.value[attr]
             first = seen.setdefault((group, value), (i, _line(node)))
             if first[0] != i:
-                where = f" among {group} tunnels" if scope else ""
+                among = f" among {group} tunnels" if scope else ""
                 ck.fail(node, f"{key}[{i}].{attr}", node.plain(),
-                        f"a {attr} unique{where} (already used by {key}[{first[0]}] "
-                        f"at line {first[1]})")
+                        f"a unique {attr}{among} ({key}[{first[0]}] at line {first[1]} "
+                        f"already uses it)")
 
 
 def _check_roles(ck: _Checker, node: Node, key: str, checked: Checked) -> None:
@@ -726,7 +725,8 @@ def _ingress(ck: _Checker, node: Node, key: str) -> Any:
     elif node.tag == "seq" and node.value:
         items = [(f"{key}[{i}]", n) for i, n in enumerate(node.value)]
     else:
-        return ck.fail(node, key, node.plain(), "a non-empty list of interface names, such as [eth1]")
+        return ck.fail(node, key, node.plain(),
+                       "a non-empty list of interface names, such as [eth1]")
     names, seen = [], {}
     for sub, item in items:
         name = _ifname(ck, item, sub)
@@ -745,7 +745,8 @@ def _network_ranges(ck: _Checker, node: Node, key: str) -> Any:
         return ()
     if node.tag != "map":
         return ck.fail(node, key, node.plain(),
-                       "a mapping of label: prefix (or label: [prefixes]), such as lan: 10.20.0.0/16")
+                       "a mapping of label: prefix (or label: [prefixes]), "
+                       "such as lan: 10.20.0.0/16")
     out = []
     for label, value in node.value.items():
         sub = f"{key}.{label}"
@@ -767,19 +768,15 @@ def _ipsec(ck: _Checker, node: Node, key: str) -> Any:
 
 
 def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
-    """An optional nested section; to a dataclass, or flattened when cls is None."""
+    """An optional nested section: a dataclass, or (cls None) a dict of SiteConfig
+    attributes that parse_config flattens (metrics.listen -> metrics_listen)."""
     def conv(ck: _Checker, node: Node, key: str) -> Any:
         values = _section(ck, node, key, fields, optional=True)
-        return _build(cls, values) if cls else _Flat(values)
+        return _build(cls, values) if cls else (values or {})
     return conv
 
 
-class _Flat(dict):
-    """Values of a section whose keys land directly on SiteConfig (metrics, events)."""
-
-    def __init__(self, values: dict[str, Any] | None):
-        super().__init__(values or {})
-        self.bad = values is None
+_FLATTENED = ("metrics", "events")
 
 
 _TOP = {
@@ -821,41 +818,23 @@ def _check_ingress_vs_tunnels(ck: _Checker, root: Node, values: dict[str, Any]) 
 
 # ---------------------------------------------------------------------- entry
 
-def _load(text: str, path: str) -> Node:
-    """load_yaml, with YAML errors it lets through (bad tags or scalars found while
-    constructing values, unreadable characters, recursive aliases) as problems too."""
-    try:
-        return load_yaml(text, path)
-    except ValidationError:
-        raise
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark else 1
-        detail = getattr(exc, "problem", None) or str(exc)
-    except RecursionError:
-        line, detail = 1, "recursive alias"
-    except (ValueError, TypeError, ArithmeticError) as exc:
-        line, detail = 1, str(exc)
-    raise ValidationError([Problem(path, line, "<yaml>", detail, "well-formed YAML")]) from None
-
-
 def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     """The SiteConfig written in *text*; raises ValidationError with every problem."""
-    root = _load(text, path)
+    root = load_yaml(text, path)
     ck = _Checker(path)
     if root.tag != "map":
         ck.fail(root, "<root>", root.plain(), f"a mapping with keys {', '.join(_TOP)}")
         raise ValidationError(ck.problems)
     values = _section(ck, root, "", _TOP) or {}
     _check_ingress_vs_tunnels(ck, root, values)
-    for name in ("metrics", "events"):
-        flat = values.pop(name, _Flat({}))
-        values.update(flat if not flat.bad else {})
+    for name in _FLATTENED:
+        values.update(values.pop(name, {}))
     values.setdefault("network_ranges", ())
     values.setdefault("probe", ProbeConfig())
     values.setdefault("health", HealthConfig())
     if ck.problems or any(v is _BAD for v in values.values()):
-        raise ValidationError(ck.problems)
+        # Cross-checks run after the per-key ones; operators read a file top-down.
+        raise ValidationError(sorted(ck.problems, key=lambda p: p.line))
     return SiteConfig(path=path, **values)
 
 

@@ -87,19 +87,24 @@ def _convert(node: yaml.Node, path: str, problems: list[Problem], where: str) ->
 
 
 def load_yaml(text: str, path: str) -> Node:
-    """Parse *text* into a Node tree; syntax errors and duplicate keys raise
-    ValidationError naming *path* and the line."""
+    """Parse *text* into a Node tree. Syntax errors, duplicate keys, bad tags or
+    scalars, unreadable characters and recursive aliases all raise
+    ValidationError naming *path* and the line — never another exception."""
+    problems: list[Problem] = []
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        if root is None:
+            return Node({}, 1, "map")
+        node = _convert(root, path, problems, "")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
-        raise ValidationError([Problem(path, line, "<yaml>", str(exc.problem),
-                                       "well-formed YAML")]) from None
-    if root is None:
-        return Node({}, 1, "map")
-    problems: list[Problem] = []
-    node = _convert(root, path, problems, "")
+        detail = getattr(exc, "problem", None) or str(exc)
+        raise ValidationError([Problem(path, line, "<yaml>", detail, "well-formed YAML")]) from None
+    except RecursionError:
+        raise ValidationError([Problem(path, 1, "<yaml>", "recursive alias", "well-formed YAML")]) from None
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise ValidationError([Problem(path, 1, "<yaml>", str(exc), "well-formed YAML")]) from None
     if problems:
         raise ValidationError(problems)
     return node

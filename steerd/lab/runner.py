@@ -92,6 +92,16 @@ class Receiver:
             time.sleep(0.05)
         raise TimeoutError("receiver did not dump its counters")
 
+    def reset(self) -> None:
+        """Forget what was received so far (the next snapshot starts from now)."""
+        self.proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.05)
+
+    def first_seen(self) -> dict[int, dict[str, float]]:
+        """Per flow: monotonic time of its first packet on each interface (after a snapshot)."""
+        with open(self.out + ".first", encoding="utf-8") as f:
+            return {int(k): v for k, v in json.load(f).items()}
+
     def stop(self) -> dict[int, dict[str, int]]:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(10)

@@ -72,6 +72,9 @@ class Receiver:
         # flow id -> interface name -> packets
         self.flows: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.names: dict[int, str] = {}
+        # flow id -> interface -> CLOCK_MONOTONIC of the first packet there (shared
+        # by all namespaces of the host, so benchmarks can time a failover)
+        self.first: dict[int, dict[str, float]] = defaultdict(dict)
 
     def _ifname(self, idx: int) -> str:
         if idx not in self.names:
@@ -94,7 +97,14 @@ class Receiver:
                 fid = json.loads(data)["f"]
             except (ValueError, KeyError):
                 continue
-            self.flows[fid][self._ifname(idx)] += 1
+            ifname = self._ifname(idx)
+            if ifname not in self.flows[fid]:
+                self.first[fid][ifname] = time.monotonic()
+            self.flows[fid][ifname] += 1
+
+    def reset(self) -> None:
+        self.flows.clear()
+        self.first.clear()
 
     def run(self, stop: list[bool]) -> None:
         while not stop[0]:
@@ -103,6 +113,8 @@ class Receiver:
                 self.drain(s)
 
     def dump(self, path: str) -> None:
+        with open(path + ".first", "w", encoding="utf-8") as f:
+            json.dump({str(k): v for k, v in self.first.items()}, f)
         with open(path, "w", encoding="utf-8") as f:
             json.dump({str(k): dict(v) for k, v in self.flows.items()}, f)
 
@@ -131,6 +143,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
     signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
     signal.signal(signal.SIGUSR1, lambda *_: rx.dump(a.out))
+    signal.signal(signal.SIGUSR2, lambda *_: rx.reset())
     print("ready", flush=True)
     rx.run(stop)
     rx.dump(a.out)

@@ -356,7 +356,8 @@ BAD: list[tuple[str, str, str, str]] = [
      "prefix"),
     ("host-bits-set", cfg(top="network_ranges:\n  lan: 10.20.0.1/16  #!\n"),
      "network_ranges.lan", "host bits set (did you mean 10.20.0.0/16?)"),
-    ("bad-prefix-in-list", cfg(top="network_ranges:\n  lan:\n    - 10.0.0.0/8\n    - nonsense  #!\n"),
+    ("bad-prefix-in-list",
+     cfg(top="network_ranges:\n  lan:\n    - 10.0.0.0/8\n    - nonsense  #!\n"),
      "network_ranges.lan[1]", "prefix"),
     ("ranges-as-list", cfg(top="network_ranges: [10.0.0.0/8]  #!\n"), "network_ranges",
      "mapping"),
@@ -598,7 +599,7 @@ def mutated_configs(draw):
                 del parent[path[-1]]
             elif isinstance(parent, dict):
                 parent[draw(st.text(max_size=10))] = draw(_values)
-            else:
+            elif isinstance(parent, list):
                 parent.append(draw(_values))
         except (KeyError, IndexError, TypeError):
             pass   # an earlier mutation removed or replaced this path
@@ -609,7 +610,8 @@ def _parses_or_validation_error(text: str) -> None:
     try:
         parse_config(text, "m.yaml")
     except ValidationError as exc:
-        nlines = text.count("\n") + 1
+        # YAML also breaks lines at \r, NEL and the Unicode separators.
+        nlines = sum(text.count(c) for c in "\n\r\x85\u2028\u2029") + 1
         for p in exc.problems:
             assert isinstance(p, Problem) and p.file == "m.yaml" and p.key and p.expected
             assert 1 <= p.line <= nlines, p
