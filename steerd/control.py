@@ -34,9 +34,13 @@ async def serve(daemon, path: str, group: str | None) -> asyncio.AbstractServer:
         os.unlink(path)
     server = await asyncio.start_unix_server(lambda r, w: _client(daemon, r, w), path=path,
                                              limit=MAX_REQUEST)
-    gid = grp.getgrnam(group).gr_gid if group else 0
-    os.chown(path, 0, gid)
-    os.chmod(path, 0o660 if group else 0o600)
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        log.error("control_group %r does not exist: socket is root-only (mode 0600)", group)
+        gid = None
+    os.chown(path, 0, gid or 0)
+    os.chmod(path, 0o660 if gid is not None else 0o600)
     return server
 
 

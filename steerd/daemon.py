@@ -18,7 +18,8 @@ import time
 from . import control, metrics, sdnotify
 from .config import SiteConfig, load_config
 from .controller import Controller, Note, Programming
-from .dataplane import Dataplane, KernelDataplane, Layout, cleanup_kernel
+from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layout,
+                        save_layout)
 from .events import EventLog
 from .yamlsrc import Problem, ValidationError
 
@@ -39,6 +40,7 @@ class Daemon:
         self.started = time.time()
         self.counters_cache: list[tuple[int, int]] = [(0, 0)] * len(cfg.tunnels)
         self.rebalances = 0
+        self.slots_moved = 0
         self.link_changes = 0
         self.config_errors = 0
         self.config_generation = 1
@@ -58,6 +60,7 @@ class Daemon:
         for n in notes:
             if n.type == "rebalance":
                 self.rebalances += 1
+                self.slots_moved += n.extra.get("slots_moved", 0)
             self.events.emit(n.type, n.reason, n.tunnel, **n.extra)
 
     def factors(self) -> list[float]:
@@ -123,6 +126,8 @@ class Daemon:
     async def run(self) -> None:
         # pyroute2 runs its own asyncio loop: kernel setup goes to a worker thread
         adopted = await asyncio.to_thread(self.dp.start)
+        if isinstance(self.dp, KernelDataplane):
+            save_layout(self.dp.layout, state_path(self.cfg))
         now = time.monotonic()
         self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
         self._load_rules_at_start()
@@ -209,6 +214,18 @@ class Daemon:
         return {"ok": True, "summary": summary}
 
 
+def state_path(cfg: SiteConfig) -> str:
+    """The installed layout is recorded next to the control socket (a runtime dir)."""
+    return os.path.join(os.path.dirname(cfg.control_socket), "layout.json")
+
+
+def cleanup(layout: Layout, state: str) -> None:
+    removed = cleanup_kernel(layout)
+    if os.path.exists(state):
+        os.unlink(state)
+    print("steerd cleanup: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -220,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default="/etc/steerd/steerd.yaml")
     ap.add_argument("--cleanup", action="store_true",
                     help="remove steerd's tc filters, ip rules, routes and pinned maps, then exit")
+    ap.add_argument("--state", default="/run/steerd/layout.json",
+                    help="layout file --cleanup falls back to when the config is invalid")
     ap.add_argument("--no-probe", action="store_true", help="do not probe (all tunnels stay up)")
     ap.add_argument("--log-level", default=os.environ.get("STEERD_LOG_LEVEL", "info"))
     a = ap.parse_args(argv)
@@ -227,12 +246,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(a.config)
     except ValidationError as exc:
+        if a.cleanup and os.path.exists(a.state):
+            # a bad edit must not prevent removing what the last good config installed
+            log.warning("config invalid; cleaning up what %s records", a.state)
+            cleanup(load_layout(a.state), a.state)
+            return
         print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in config:\n{exc}",
               file=sys.stderr)
         sys.exit(2)
     if a.cleanup:
-        removed = cleanup_kernel(Layout.from_config(cfg))
-        print("steerd cleanup: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
+        cleanup(Layout.from_config(cfg), state_path(cfg))
         return
     asyncio.run(Daemon(cfg, probing=not a.no_probe).run())
 

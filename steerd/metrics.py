@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import start_http_server
+from prometheus_client import PROCESS_COLLECTOR, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
 
 log = logging.getLogger("steerd.metrics")
 LABELS = ["tunnel", "wan", "ha_role"]
@@ -72,6 +74,20 @@ class SteerdCollector:
             m = CounterMetricFamily(f"steerd_{name}", doc)
             m.add_metric([], value)
             yield m
+        moved = CounterMetricFamily("steerd_slots_moved", "slots reassigned by rebalances")
+        moved.add_metric([], d.slots_moved)
+        yield moved
+        info = GaugeMetricFamily("steerd_info", "constant 1; site and version as labels",
+                                 labels=["site", "version"])
+        info.add_metric([d.cfg.site, __version__], 1)
+        yield info
+        h = d.cfg.health
+        sla = GaugeMetricFamily("steerd_sla_threshold", "configured SLA threshold (degraded above)",
+                                labels=["metric"])
+        sla.add_metric(["loss_ratio"], h.loss_pct / 100)
+        sla.add_metric(["jitter_seconds"], h.jitter_ms / 1000)
+        sla.add_metric(["rtt_seconds"], h.latency_ms / 1000)
+        yield sla
         gen = GaugeMetricFamily("steerd_config_generation", "increments on every applied reload")
         gen.add_metric([], d.config_generation)
         yield gen
@@ -89,5 +105,6 @@ def serve(daemon, listen: str) -> int:
     host = host.strip("[]") or "127.0.0.1"
     registry = CollectorRegistry()
     registry.register(SteerdCollector(daemon))
+    registry.register(PROCESS_COLLECTOR)  # process_* for restarts, RSS and CPU
     server, _thread = start_http_server(int(port), addr=host, registry=registry)
     return server.server_address[1]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from . import routes, tc
@@ -50,6 +51,28 @@ class Layout:
                       for i, t in enumerate(cfg.tunnels))
         return cls(tuple(cfg.ingress), tuple(cfg.ranges), specs, dp.mark_mask, dp.rule_priority,
                    dp.slots, dp.flow_table_size, dp.flow_idle_timeout, dp.bpffs)
+
+
+def save_layout(layout: Layout, path: str) -> None:
+    """Remember what was installed, so --cleanup works even after a bad config edit."""
+    import json
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    doc = asdict(layout)
+    doc["ranges"] = [str(n) for n in layout.ranges]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def load_layout(path: str) -> Layout:
+    import json
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["ranges"] = tuple(ipaddress.ip_network(n) for n in doc["ranges"])
+    doc["tunnels"] = tuple(TunnelSpec(**t) for t in doc["tunnels"])
+    doc["ingress"] = tuple(doc["ingress"])
+    return Layout(**doc)
 
 
 @dataclass

@@ -69,7 +69,10 @@ def ensure_bpffs(pin_dir: str) -> None:
     parent = os.path.dirname(pin_dir.rstrip("/"))
     if not _is_bpffs(parent):
         os.makedirs(parent, exist_ok=True)
-        subprocess.run(["mount", "-t", "bpf", "bpf", parent], check=True)
+        res = subprocess.run(["mount", "-t", "bpf", "bpf", parent], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{parent} is not on a bpf filesystem and mounting one failed "
+                               f"({res.stderr.strip()}); mount it first: mount -t bpf bpf {parent}")
     os.makedirs(pin_dir, exist_ok=True)
 
 

@@ -137,8 +137,12 @@ class Lab:
             sysctl(ns, f"net.ipv4.conf.{ifname}.rp_filter=0")
 
     def down(self) -> None:
+        present = namespaces()
         for ns in (self.core, self.gw, self.site):
-            if ns in namespaces():
+            if ns in present:
+                # processes outlive a deleted namespace: stop the lab's own first
+                for pid in sh("ip", "netns", "pids", ns, check=False).split():
+                    sh("kill", "-9", pid, check=False)
                 sh("ip", "netns", "del", ns, check=False)
         bpf = os.path.dirname(self.bpffs)
         if os.path.ismount(bpf):
