@@ -1,107 +1,116 @@
 """Probe samples -> loss / latency / jitter and the link state machine (pure).
 
-No sockets, no clock, no sleeping: every call takes ``now`` (seconds on one
+No sockets, no clock, no sleeping: every call takes ``now`` (seconds, one
 monotonic clock). The daemon sends a probe when ``now >= next_probe_at()``,
-tells the monitor (``on_sent``), feeds replies (``on_reply``) and calls
-``on_tick`` often (at least at ``next_wakeup()``); all three return the state
-changes they caused.
+reports it (``on_sent``), feeds replies (``on_reply``) and calls ``on_tick``
+often (at the latest at ``next_wakeup()``); all three return the state
+changes they caused. ``simulate`` drives a monitor over a synthetic path.
 
-States: ``up`` / ``degraded`` / ``down``, plus the ``suspect`` flag.
+States ``up`` / ``degraded`` / ``down``, plus the ``suspect`` flag.
 
-Dead-tunnel detection (the failover budget)
--------------------------------------------
-A *regular* probe goes out every ``probe.interval``. A probe is *late* when it
-has no reply after the adaptive deadline
+Dead-tunnel detection and the failover budget
+----------------------------------------------
+A regular probe goes out every ``probe.interval``. It is *late* when it has no
+reply after the adaptive deadline
 
     D = min(probe.timeout, max(suspect_floor, suspect_factor * SRTT, SRTT + 4 * RTTVAR))
 
-(SRTT/RTTVAR as in RFC 6298, alpha 1/8, beta 1/4; before the first reply
-D = probe.timeout). A late regular probe makes the tunnel a *suspect* at once:
-confirmation probes then go out every ``confirm_interval``, the first one
-immediately. Any reply to a probe sent since the late one (the late reply
-itself included) clears the suspicion and still counts for RTT. When N
-confirmations in a row are late as well, the tunnel is ``down`` ("N of N
-confirmation probes lost"). The sample itself is *lost* only after
-``probe.timeout``, for the loss statistics.
+(SRTT/RTTVAR as in RFC 6298, alpha 1/8, beta 1/4; D = probe.timeout before the
+first reply). A late regular probe makes the tunnel a *suspect* at once:
+confirmation probes go out every ``confirm_interval``, the first immediately;
+regular probes sent meanwhile count as confirmations too. A reply to any probe
+sent since the late one (the late reply itself included) clears the suspicion
+and still counts for RTT. When N confirmations in a row are late as well, the
+tunnel is ``down`` ("N of N confirmation probes lost"). For the statistics a
+sample is lost only after ``probe.timeout``.
 
-Worst case (blackhole right after a reply came back, RTT ~1 ms, so D = floor):
+Worst case, blackhole right after a reply came back, RTT ~1 ms (D = 50 ms floor):
+``interval + D + (N-1) * confirm_interval + D``, i.e. 1.30 s (N=3), 1.40 s (N=4),
+1.50 s (N=5) at 1 s probes; at 100 ms probes the regular probes interleave with
+the confirmations: 0.30 s (N=3), 0.35 s (N=4). Simulated over 800 blackhole
+phases (tests/unit/test_health.py): 1.299 s / 0.299 s with exact timing,
+1.320 s / 0.320 s with the daemon's 10 ms polling loop; p50 0.80 s / 0.25 s.
 
-    detect = interval + D + (N - 1) * confirm_interval + D
-    interval 1 s:   N=3 -> 1.30 s   N=4 -> 1.40 s   N=5 -> 1.50 s
-    interval 0.1 s: N=3 -> 0.40 s   N=4 -> 0.50 s
+How many confirmations: N adapts to the measured loss
+-----------------------------------------------------
+With independent random loss p a false down needs the late probe *and* N
+confirmations lost: p**(N+1) per regular probe. A fixed N is wrong at one end:
 
-(plus the daemon's scheduler tick, 10 ms per step; measured by simulation in
-tests/unit/test_health.py: 1.32 s and 0.43 s with a 10 ms polling loop, N=3).
+    p      N=3 (p**4)  N=5 (p**6)   false downs/hour with N=3 at 1 s / 100 ms probes
+    1 %    1e-8        1e-12        0.00004 / 0.0004
+    10 %   1e-4        1e-6         0.36 / 3.6
+    40 %   2.6 %       0.41 %       92 / 920
+    50 %   6.3 %       1.6 %        225 / 2250
 
-False downs: how many confirmations (N is adaptive)
-----------------------------------------------------
-With independent random loss p, a false down needs the regular probe *and* N
-confirmations lost: p**(N+1) per regular probe. A fixed N is wrong at one end
-or the other:
+So N is the smallest count with ``p_hat ** (N+1) <= FALSE_DOWN_PER_PROBE`` (1e-7:
+at most one false down in ~116 days of 1 s probes, ~12 days of 100 ms probes,
+at whatever loss), at least ``confirm_misses``, at most ``MAX_CONFIRMATIONS``:
 
-    p       N=3 (p^4)   N=4       N=5        expected false downs per hour at 1 s / 100 ms, N=3
-    1 %     1e-8        1e-10     1e-12      0.00004 / 0.0004
-    10 %    1e-4        1e-5      1e-6       0.36 / 3.6
-    40 %    2.6 %       1.0 %     0.41 %     92 / 920
-    50 %    6.3 %       3.1 %     1.6 %      225 / 2250
+    p_hat  <=1.8 %  4 %  6.8 %  10 %  20 %  30 %  40 %  50 %
+    N         3      4    5      6     9     13    17    23
 
-So N grows with the measured loss: N is the smallest count with
-``p_hat ** (N + 1) <= FALSE_DOWN_PER_PROBE`` (1e-7: at most one false down in
-~116 days of 1 s probes, ~12 days of 100 ms probes, whatever the loss), never
-below ``confirm_misses`` and never above ``MAX_CONFIRMATIONS``:
+``p_hat`` is the larger of (a) ``(lost + 1 + 2 sqrt(lost)) / (n + 10)`` over the
+last 200 regular samples (a prior of 10 % that clean samples wear down, plus
+two "sigmas": an underestimate is raised to the power N+1), and (b) the raw
+loss of the last ``window`` regular probes, late ones in flight counted as
+lost (reacts within a sample or two). Samples lost to a declared outage stay
+out of (a): an outage is not random loss, and a tunnel that just came back
+must be failed over within the budget again. N is frozen when a suspicion
+starts, so the misses of a real outage cannot raise it.
 
-    p_hat   <=1.8 %  4 %  6.8 %  10 %  20 %  30 %  40 %  50 %
-    N          3      4    5      6     9     13    17    23
-
-``p_hat`` is the larger of the raw loss of the current window (reacts within a
-few samples) and ``(lost + 1) / (n + 20)`` over the last 200 regular samples
-(a prior of 1 loss in 20 so that a fresh monitor does not trust a clean link
-yet; it reaches N=3 after ~37 clean samples). Samples lost to a declared outage
-are kept out of that history: an outage is not random loss, and a tunnel
-that just recovered must again be failed over within the budget. N is frozen
-when a suspicion starts so that the misses of a real outage cannot raise it.
-
-The trade-off: a lossy link is failed over more slowly (40 % loss: N=17,
-~2.8 s at 1 s probes; such a link is ``degraded`` with a low weight anyway),
-and the budget is met on a link whose recent loss is below ~2 % (N=3; N=4 at
-1 s probes still fits: 1.4 s). What no counting can avoid is the *onset*: a
-clean link that suddenly starts losing 40 % at random faces N=3 at its first
-loss, 0.4**3 = 6.4 % chance of one false down (1.6 % at 25 %, 0.1 % at 10 %);
-from the second loss on the window raises N. ``confirm_misses: 4`` lowers that
-to 2.6 % and still fits 1.5 s at 1 s probes (not 0.5 s at 100 ms).
-A sudden RTT rise of more than ~N * confirm_interval (e.g. 1 ms -> 400 ms) is
-indistinguishable from a blackhole inside the budget and is declared down; the
-replies keep updating SRTT, so recovery works at the new RTT.
+Costs, measured with ``simulate`` (300 seeded 10-minute runs per line):
+- steady random loss 10 %: no false down at 1 s or 100 ms probes; 40 %: one
+  run in 300 went down, in its first 2 s (the prior still says 10 %: N=6,
+  0.4**6 = 0.4 %); 50 %: 2 (1 s) and 4 (100 ms) in 300, all at start.
+- a lossy link is failed over more slowly: blackhole detection (p50 / max) at
+  1 s probes 0.94 / 1.39 s at 1 % loss, 1.37 / 2.05 s at 10 %, 2.5 / 3.6 s at
+  40 % (N ~ 21); at 100 ms probes 0.30 / 0.57, 0.51 / 0.79, 1.2 / 1.6 s. One
+  loss among the last 10 probes means N=6 (1.6 s at 1 s probes) for a while.
+- a fresh monitor has to earn a small N: at 1 s probes the worst case is
+  1.6 s for the first ~4 s, 1.5 s until 16 clean samples, 1.39 s until 47,
+  then 1.30 s; at 100 ms probes 0.46 s at start, 0.35 s after 16 samples.
+- the *onset* of random loss on a clean link cannot be told from a blackhole
+  at its first loss: N is still 3, so a step from 0 to 40 % loss gives one
+  false down with probability 0.4**3 = 6.4 % (measured 6-10 %), 25 %: 1.6 %,
+  10 %: 0.1 %. From the second loss on the window raises N. With
+  ``confirm_misses: 4`` the 40 % step costs 2.6 % and the budget still holds
+  (1.40 s / 0.35 s).
+- a sudden RTT rise to beyond ~D + N * confirm_interval (1 ms -> 400 ms) looks
+  like a blackhole inside the budget and is declared down; replies keep
+  updating SRTT, so the tunnel comes back at its new RTT.
 
 Degraded, recovery, hysteresis
 ------------------------------
-``degraded`` when the window (>= half of ``probe.window`` samples) breaks the
-SLA: loss > loss_pct, jitter > jitter_ms or mean RTT > latency_ms. Back to
-``up`` only after the SLA held for ``max(window * interval, 10 s)``, and no
-more than 2 up/degraded changes in any 60 s (a third one waits): so 40 %
-random loss stays ``degraded`` (P(10 clean samples in a row) = 0.6 %, and the
-hold needs more), never flaps. ``down`` -> ``up`` (or ``degraded``) after
-``recover_successes`` consecutive answered probes; the window then forgets
-the outage. Down is never rate-limited.
+``degraded`` when the window (at least half of ``probe.window`` samples)
+breaks the SLA: loss > loss_pct, jitter > jitter_ms or mean RTT > latency_ms.
+Back to ``up`` only after the SLA held for ``max(window * interval, 10 s)``,
+and at most 2 up/degraded changes in any 60 s (a further one waits): 40 %
+random loss stays ``degraded``. ``down`` -> ``up`` (or ``degraded``) after
+``recover_successes`` consecutive answered probes, and the window then forgets
+the outage. Going down is never delayed.
 
-``health_factor``: 1.0 up, 0.0 down; degraded: min over the broken metrics of
-sqrt(threshold / measured) (a Mathis-like 1/sqrt(loss) for TCP goodput),
-clamped to [0.1, 0.9].
+``health_factor``: 1.0 up, 0.0 down; degraded: the smallest
+sqrt(threshold / measured) over the broken metrics (TCP goodput ~ 1/sqrt(loss)),
+clamped to [0.1, 0.9]. 40 % loss -> ~0.27, 10 % -> ~0.55.
 
-Statistics over the last ``probe.window`` completed regular samples (by send
-time): loss ratio, mean and median RTT, jitter = mean absolute difference of
-consecutive RTTs (RFC 3550's D, without its 1/16 smoothing). Confirmation
-probes feed SRTT and the suspicion only, so they do not bias the window.
+Statistics: over the last ``probe.window`` completed regular samples in send
+order, not counting past a probe still in flight (otherwise, with 100 ms probes
+and a 1 s timeout, the answered probes of the last second would be in and
+the lost ones not yet). Loss ratio, mean and median RTT, jitter = mean |RTT(i) -
+RTT(i-1)| over consecutive answered probes (RFC 3550's D, unsmoothed).
+Confirmation probes feed SRTT and the suspicion only, so they do not bias it.
 """
 from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # duck-typed at run time: any object with these attributes works
     from .config import HealthConfig, ProbeConfig
@@ -112,7 +121,7 @@ STATES = (UP, DEGRADED, DOWN)
 FALSE_DOWN_PER_PROBE = 1e-7   # target p_hat**(N+1) per regular probe
 MAX_CONFIRMATIONS = 30        # beyond that the link is as good as dead anyway
 LOSS_HISTORY = 200            # regular samples behind the long loss estimate
-PRIOR_LOST, PRIOR_N = 1.0, 20.0
+PRIOR_LOST, PRIOR_N = 1.0, 10.0    # p_hat starts at 10 %
 DEGRADED_HOLD_MIN = 10.0      # s of SLA compliance before degraded -> up
 SOFT_CHANGES, SOFT_PERIOD = 2, 60.0   # at most 2 up<->degraded changes per 60 s
 FACTOR_FLOOR, DEGRADED_FACTOR_MAX = 0.1, 0.9
@@ -122,9 +131,9 @@ SCHED_SLACK = 1e-3            # a probe sent this early still counts as the sche
 @dataclass(frozen=True)
 class LinkStats:
     loss_ratio: float
-    rtt_mean: Optional[float]   # seconds
-    rtt_p50: Optional[float]
-    jitter: Optional[float]
+    rtt_mean: float | None   # seconds
+    rtt_p50: float | None
+    jitter: float | None
     samples: int
 
 
@@ -137,14 +146,14 @@ class Transition:
     at: float
 
 
-def window_stats(rtts: Sequence[Optional[float]]) -> LinkStats:
+def window_stats(rtts: Sequence[float | None]) -> LinkStats:
     """Stats of samples in send order; ``None`` is a lost sample."""
     got = [r for r in rtts if r is not None]
     n = len(rtts)
     loss = (n - len(got)) / n if n else 0.0
     if not got:
         return LinkStats(loss, None, None, None, n)
-    jitter = (sum(abs(b - a) for a, b in zip(got, got[1:])) / (len(got) - 1)
+    jitter = (sum(abs(b - a) for a, b in itertools.pairwise(got)) / (len(got) - 1)
               if len(got) > 1 else None)
     return LinkStats(loss, sum(got) / len(got), statistics.median(got), jitter, n)
 
@@ -179,22 +188,25 @@ class _Probe:
 @dataclass
 class _Sample:
     sent: float
-    rtt: Optional[float]
+    rtt: float | None
 
 
 class LinkMonitor:
     """Health and state of one tunnel. See the module docstring."""
 
-    def __init__(self, tunnel: str, probe: "ProbeConfig", health: "HealthConfig", now: float):
+    def __init__(self, tunnel: str, probe: ProbeConfig, health: HealthConfig, now: float):
         self.tunnel = tunnel
         self.probe = probe
         self.health = health
         self.state: str = health.initial_state if health.initial_state in STATES else UP
         self.suspect: bool = False
         self._pending: dict[int, _Probe] = {}
-        self._window: list[_Sample] = []          # sorted by send time
+        self._samples: list[_Sample] = []         # completed regular samples, by send time
+        self._forget_before = -math.inf           # samples sent earlier describe an outage
+        self._stats: LinkStats | None = None
         self._history: deque[bool] = deque(maxlen=LOSS_HISTORY)   # True = lost
-        self._srtt: Optional[float] = None
+        self._history_lost = 0
+        self._srtt: float | None = None
         self._rttvar = 0.0
         self._next_regular = now                  # first probe at once
         self._episodes = 0
@@ -203,10 +215,10 @@ class LinkMonitor:
         self._ep_needed = 0
         self._ep_misses = 0
         self._next_confirm = math.inf
-        self._down_since: Optional[float] = now if self.state == DOWN else None
+        self._down_since: float | None = now if self.state == DOWN else None
         self._run = 0                             # consecutive successes while down
         self._run_start = 0.0
-        self._sla_ok_since: Optional[float] = None
+        self._sla_ok_since: float | None = None
         self._soft_changes: deque[float] = deque(maxlen=SOFT_CHANGES)
 
     # ------------------------------------------------------------- scheduling
@@ -217,7 +229,7 @@ class LinkMonitor:
             return min(self._next_regular, self._next_confirm)
         return self._next_regular
 
-    def next_deadline(self) -> Optional[float]:
+    def next_deadline(self) -> float | None:
         """Earliest pending deadline (late or timed out) that on_tick must see."""
         times = [p.sent + self.probe.timeout if p.late else p.deadline
                  for p in self._pending.values()]
@@ -297,17 +309,19 @@ class LinkMonitor:
                     self._run = 0
         return out + self._evaluate_sla(now)
 
-    def reconfigure(self, probe: "ProbeConfig", health: "HealthConfig") -> None:
+    def reconfigure(self, probe: ProbeConfig, health: HealthConfig) -> None:
         """New thresholds/intervals on reload; the measurements are kept."""
         if probe.interval != self.probe.interval:
             self._next_regular = min(self._next_regular, self._next_regular - self.probe.interval
                                      + probe.interval)
         self.probe, self.health = probe, health
-        del self._window[:max(0, len(self._window) - probe.window)]
+        self._stats = None
 
     # ----------------------------------------------------------------- output
     def stats(self) -> LinkStats:
-        return window_stats([s.rtt for s in self._window])
+        if self._stats is None:   # cached: on_tick evaluates the SLA often
+            self._stats = window_stats([s.rtt for s in self._view()])
+        return self._stats
 
     def health_factor(self) -> float:
         if self.state == DOWN:
@@ -317,20 +331,33 @@ class LinkMonitor:
         f = self._sla_factor(self.stats())
         return min(DEGRADED_FACTOR_MAX, max(FACTOR_FLOOR, f))
 
-    def loss_estimate(self) -> float:
-        """p_hat: the loss rate the confirmation count is sized for."""
-        n = len(self._history)
-        lost = sum(self._history)
-        p = (lost + PRIOR_LOST) / (n + PRIOR_N)
-        if self._window:
-            p = max(p, sum(1 for s in self._window if s.rtt is None) / len(self._window))
-        return p
+    def loss_estimate(self, exclude: int = -1) -> float:
+        """p_hat: the loss rate the confirmation count is sized for.
 
-    def confirmations_needed(self) -> int:
-        return confirmations_for(self.loss_estimate(), self.health.confirm_misses)
+        The larger of (a) the long history with a pessimistic prior plus two
+        "sigmas" of its losses (an error of p_hat is raised to the power N+1),
+        and (b) the raw loss of the latest ``window`` regular probes, counting
+        late ones still in flight as lost (with a 1 s timeout and 100 ms probes
+        ten of them are in flight: waiting for their timeout would leave
+        p_hat blind for a second, e.g. right after start). ``exclude`` is the
+        late probe being judged.
+        """
+        n, lost = len(self._history), self._history_lost
+        p = (lost + PRIOR_LOST + 2.0 * math.sqrt(lost)) / (n + PRIOR_N)
+        recent = [(s.sent, s.rtt is None) for s in self._samples]
+        recent += [(q.sent, True) for q in self._pending.values()
+                   if q.regular and q.late and not q.outage and q.seq != exclude]
+        if recent:
+            recent.sort()
+            recent = recent[-self.probe.window:]
+            p = max(p, sum(lost for _, lost in recent) / len(recent))
+        return min(1.0, p)
+
+    def confirmations_needed(self, exclude: int = -1) -> int:
+        return confirmations_for(self.loss_estimate(exclude), self.health.confirm_misses)
 
     @property
-    def srtt(self) -> Optional[float]:
+    def srtt(self) -> float | None:
         return self._srtt
 
     # -------------------------------------------------------------- internals
@@ -341,12 +368,18 @@ class LinkMonitor:
             self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
             self._srtt = 0.875 * self._srtt + 0.125 * rtt
 
-    def _add_sample(self, p: _Probe, rtt: Optional[float]) -> None:
-        keys = [s.sent for s in self._window]
-        self._window.insert(bisect.bisect_right(keys, p.sent), _Sample(p.sent, rtt))
-        del self._window[:max(0, len(self._window) - self.probe.window)]
+    def _add_sample(self, p: _Probe, rtt: float | None) -> None:
+        self._stats = None        # the probe left _pending: the window may move on
+        if p.sent < self._forget_before:
+            return
+        keys = [s.sent for s in self._samples]
+        self._samples.insert(bisect.bisect_right(keys, p.sent), _Sample(p.sent, rtt))
+        del self._samples[:max(0, self._cut_index() - self.probe.window)]   # never in view again
         if not p.outage and self.state != DOWN:
+            if len(self._history) == self._history.maxlen:
+                self._history_lost -= self._history[0]
             self._history.append(rtt is None)
+            self._history_lost += rtt is None
 
     def _on_late(self, p: _Probe, now: float) -> list[Transition]:
         if self.state == DOWN:
@@ -362,7 +395,7 @@ class LinkMonitor:
             self._episodes += 1
             self._episode = self._episodes
             self._ep_origin = p.sent
-            self._ep_needed = self.confirmations_needed()
+            self._ep_needed = self.confirmations_needed(exclude=p.seq)
             self._ep_misses = 0
             self._next_confirm = p.deadline     # the first confirmation goes out at once
         return []
@@ -389,7 +422,11 @@ class LinkMonitor:
 
     def _recover(self, now: float) -> list[Transition]:
         # the window forgets the outage: it describes a path that is gone
-        self._window = [s for s in self._window if s.sent >= self._run_start]
+        self._forget_before = self._run_start
+        self._samples = [s for s in self._samples if s.sent >= self._run_start]
+        for seq in [q.seq for q in self._pending.values() if q.sent < self._run_start]:
+            del self._pending[seq]
+        self._stats = None
         reason = f"{self._run} consecutive probes answered"
         self._down_since, self._run = None, 0
         st = self.stats()
@@ -398,6 +435,20 @@ class LinkMonitor:
         if broken:
             return [self._change(DEGRADED, reason + "; " + ", ".join(broken), now)]
         return [self._change(UP, reason, now)]
+
+    def _cut_index(self) -> int:
+        """Samples at and after this index were sent after a still unresolved
+        regular probe: left out of the window until it resolves, or a short
+        interval with a long timeout (100 ms / 1 s) would see the answered
+        probes of the last second but not yet the lost ones."""
+        cut = min((q.sent for q in self._pending.values() if q.regular), default=math.inf)
+        if cut == math.inf:
+            return len(self._samples)
+        return bisect.bisect_left([s.sent for s in self._samples], cut)
+
+    def _view(self) -> list[_Sample]:
+        i = self._cut_index()
+        return self._samples[max(0, i - self.probe.window):i]
 
     def _min_samples(self) -> int:
         return max(1, (self.probe.window + 1) // 2)
@@ -451,7 +502,7 @@ class LinkMonitor:
         return []
 
 
-def simulate(monitor: LinkMonitor, rtt_of: Callable[[int, float], Optional[float]],
+def simulate(monitor: LinkMonitor, rtt_of: Callable[[int, float], float | None],
              start: float, until: float, tick: float = 0.0) -> list[Transition]:
     """Drive ``monitor`` with a synthetic path (pure, for tests and what-ifs).
 

@@ -12,10 +12,6 @@ from .runner import Receiver, SteerdProcess, send, split
 from .topology import STEERED4, STEERED6, TUNNELS, Lab
 
 
-# Probing lands with the health module; until then the demo runs without it.
-PROBE_ARGS: tuple[str, ...] = ("--no-probe",)
-
-
 def _interrupt(*_):
     raise KeyboardInterrupt
 
@@ -27,7 +23,7 @@ def run(flows: int = 3000) -> int:
     try:
         print("building the lab: core -> gw -> 3 primary + 3 secondary tunnels -> site")
         lab.up()
-        steerd = SteerdProcess(lab, lab.write_config(lab.config()), PROBE_ARGS)
+        steerd = SteerdProcess(lab, lab.write_config(lab.config()))
         print(f"steerd running in namespace {lab.gw}; sending {flows} UDP flows to {STEERED4} "
               f"and {flows // 3} to {STEERED6}")
         time.sleep(1.5)  # a few probes so RTTs show

@@ -38,9 +38,18 @@ import threading
 import time
 from dataclasses import dataclass, fields
 
-from steerd.probe import ECHO_REPLY, ECHO_REQUEST, echo_packet, icmp_filter, raw_icmp_socket
+from steerd.probe import (
+    ECHO_REPLY,
+    ECHO_REQUEST,
+    SO_TIMESTAMPNS,
+    echo_packet,
+    icmp_filter,
+    kernel_timestamp_ns,
+    raw_icmp_socket,
+)
 
 SIGMA_PER_JITTER = math.sqrt(math.pi) / 2
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)   # not in Python 3.11's socket module
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Impairment:
     blackhole: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Impairment":
+    def from_dict(cls, d: dict) -> Impairment:
         known = {f.name for f in fields(cls)}
         return cls(**{k: (bool(v) if k == "blackhole" else float(v))
                       for k, v in d.items() if k in known})
@@ -99,6 +108,16 @@ def disable_kernel_echo() -> None:
             f.write("1")
 
 
+def realtime() -> None:
+    """SCHED_FIFO for the calling thread, best effort: on a busy lab host a
+    normal thread wakes milliseconds late, which would show up as RTT and
+    jitter that nobody injected. Both threads block almost all the time."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        pass
+
+
 class _Scheduler(threading.Thread):
     """Sends (socket, packet, ancillary) at a given monotonic time."""
 
@@ -114,7 +133,11 @@ class _Scheduler(threading.Thread):
             heapq.heappush(self._heap, (when, self._n, sock, pkt, anc, addr))
             self._cv.notify()
 
+    rt = False      # SCHED_FIFO for this thread too
+
     def run(self) -> None:
+        if self.rt:
+            realtime()
         while True:
             with self._cv:
                 while not self._heap or self._heap[0][0] > time.monotonic():
@@ -136,6 +159,7 @@ class Reflector:
             for version in (4, 6):
                 s = raw_icmp_socket(version, ifname)
                 s.setsockopt(*icmp_filter(version, ECHO_REQUEST[version]))
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 if version == 6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
                 self.socks[s] = (ifname, idx, version)
@@ -160,10 +184,14 @@ class Reflector:
     def handle(self, sock: socket.socket) -> None:
         ifname, idx, version = self.socks[sock]
         try:
-            data, anc, _fl, addr = sock.recvmsg(65535, socket.CMSG_SPACE(20))
+            data, anc, _fl, addr = sock.recvmsg(65535, socket.CMSG_SPACE(20) + socket.CMSG_SPACE(16))
         except (BlockingIOError, InterruptedError):
             return
+        # the delay counts from the kernel's arrival time, not from when we got to run
         now = time.monotonic()
+        rx_ns = kernel_timestamp_ns(anc)
+        if rx_ns is not None:
+            now -= min(max(0, time.time_ns() - rx_ns), 50_000_000) / 1e9
         if version == 4:
             ihl = (data[0] & 0x0F) * 4
             local = data[16:20]
@@ -183,20 +211,26 @@ class Reflector:
         ident, seq16 = struct.unpack("!HH", icmp[4:8])
         pkt = echo_packet(version, ECHO_REPLY[version], ident, seq16, icmp[8:])
         if version == 4:
-            anc_out = [(socket.IPPROTO_IP, socket.IP_PKTINFO, struct.pack("=I4s4s", idx, local, bytes(4)))]
+            anc_out = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", idx, local, bytes(4)))]
         else:
             anc_out = [] if local is None else [
                 (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", local, idx))]
         self.counts[ifname]["answered"] += 1
         self.tx.at(now + delay, sock, pkt, anc_out, addr)
 
-    def run(self) -> None:
+    def run(self, rt: bool = True) -> None:
+        if rt:
+            realtime()
+            self.tx.rt = True
         self.tx.start()
         socks = list(self.socks)
         while True:
             ready, _, _ = select.select(socks, [], [], 1.0)
             for s in ready:
-                self.handle(s)
+                try:
+                    self.handle(s)
+                except Exception as exc:  # noqa: BLE001 - one odd packet must not stop the lab
+                    print(f"reflector: {self.socks[s][0]}: {exc!r}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--interfaces", required=True, help="comma-separated interfaces to answer on")
     ap.add_argument("--state-file", required=True, help="JSON impairment file (see above)")
     ap.add_argument("--seed", type=int, default=None, help="seed the loss/jitter generator")
+    ap.add_argument("--no-realtime", action="store_true",
+                    help="do not ask for SCHED_FIFO (timing then suffers on a busy host)")
     ap.add_argument("--kernel-echo-off", action="store_true",
                     help="set net.ipv4.icmp_echo_ignore_all=1 and net.ipv6.icmp.echo_ignore_all=1 here")
     a = ap.parse_args(argv)
@@ -213,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     r = Reflector([i for i in a.interfaces.split(",") if i], a.state_file, a.seed)
     print(f"reflector ready on {a.interfaces}", flush=True)
     try:
-        r.run()
+        r.run(rt=not a.no_realtime)
     except KeyboardInterrupt:
         pass
 
