@@ -71,7 +71,7 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
 def render_status(st: dict[str, Any], bars: bool = False) -> str:
     head = f"site {st['site']}   active HA role: {st['active_ha_role']}   rules: {st.get('rules', 0)}"
     headers = ["TUNNEL", "ROLE", "WAN", "IFACE", "STATE", "RTT", "JITTER", "LOSS", "WEIGHT",
-               "SHARE", "TX PKTS", "TX BYTES"]
+               "SHARE", "FLOWS", "TX PKTS", "TX BYTES"]
     rows = []
     for t in st["tunnels"]:
         share = f"{t['share'] * 100:5.1f}%"
@@ -80,8 +80,8 @@ def render_status(st: dict[str, Any], bars: bool = False) -> str:
         rows.append([t["name"], t["ha_role"], t["wan"], t["interface"], t["state"],
                      _fmt(t["rtt_ms"], " ms", 2), _fmt(t["jitter_ms"], " ms", 2),
                      _fmt(t["loss_pct"], " %"), f"{t['weight'] * 100:.1f}%", share,
-                     str(t["tx_packets"]), _bytes(t["tx_bytes"])])
-    return head + "\n" + table(headers, rows, right={5, 6, 7, 8, 10, 11})
+                     str(t.get("flows", "-")), str(t["tx_packets"]), _bytes(t["tx_bytes"])])
+    return head + "\n" + table(headers, rows, right={5, 6, 7, 8, 10, 11, 12})
 
 
 @click.group()

@@ -5,6 +5,7 @@ returned `Programming` to the dataplane (faucet-style: decide here, send there).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import selection
@@ -64,10 +65,12 @@ class Controller:
             return prog, notes + more
         return None, []
 
-    def rebalance(self, factors: list[float], now: float, force: bool = False) -> tuple[Programming | None, list[Note]]:
-        """Periodic (rebalance_interval) reweighing with the measured health factors."""
+    def rebalance(self, factors: list[float], now: float, force: bool = False,
+                  load: Callable[[], list[int]] | None = None) -> tuple[Programming | None, list[Note]]:
+        """Periodic (rebalance_interval) reweighing with the measured health factors.
+        *load* gives live flows per slot, read only if the table is to change."""
         self.factors = list(factors)
-        return self._program(now, force=force, reason="periodic rebalance")
+        return self._program(now, force=force, reason="periodic rebalance", load=load)
 
     # -- decisions ----------------------------------------------------------
     def _ha(self, now: float) -> list[Note]:
@@ -82,8 +85,8 @@ class Controller:
             out.setdefault(t.wan, None)
         return out
 
-    def _program(self, now: float, force: bool, reason: str,
-                 notes: list[Note] | None = None) -> tuple[Programming | None, list[Note]]:
+    def _program(self, now: float, force: bool, reason: str, notes: list[Note] | None = None,
+                 load: Callable[[], list[int]] | None = None) -> tuple[Programming | None, list[Note]]:
         new = selection.effective_weights(self.cfg.tunnels, self.states, self.factors, self.ha.active)
         usable = tuple(s != "down" for s in self.states)
         if not any(w > 0 for w in new):
@@ -93,15 +96,18 @@ class Controller:
         if self.slots is not None and not force and not selection.weights_changed(
                 self.weights, new, self.cfg.rebalance_threshold):
             return None, []
-        slots = selection.build_slots(new, self.cfg.dataplane.slots, previous=self.slots)
+        per_slot = load() if load is not None and self.slots is not None else None
+        slots = selection.build_slots(new, self.cfg.dataplane.slots, previous=self.slots, load=per_slot)
         moved = selection.slots_moved(self.slots, slots) if self.slots is not None else len(slots)
+        flows_moved = (sum(n for s, n in enumerate(per_slot) if slots[s] != self.slots[s])
+                       if per_slot is not None else None)
         keep: frozenset[int] = frozenset()
         if self.cfg.failback == "new-flows" and any(n.type == "ha_failback" for n in notes or []):
             keep = frozenset(i for i, t in enumerate(self.cfg.tunnels) if t.ha_role == "secondary")
         self.weights, self.slots, self.usable = list(new), slots, usable
         total = sum(new) or 1.0
         note = Note("rebalance", reason, extra={
-            "slots_moved": moved, "slots": len(slots),
+            "slots_moved": moved, "slots": len(slots), "flows_moved": flows_moved,
             "weights": {t.name: round(w / total, 4) for t, w in zip(self.cfg.tunnels, new)}})
         return Programming(usable, tuple(slots), keep, self.wan_tunnels(), reason), [note]
 

@@ -24,7 +24,8 @@ from .events import EventLog
 from .yamlsrc import Problem, ValidationError
 
 log = logging.getLogger("steerd")
-TICK = 0.01  # probe scheduler resolution: small against the 100 ms confirmation interval
+MIN_SLEEP = 0.001  # scheduler resolution, small against the 100 ms confirmation interval
+MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
 
 
 class Daemon:
@@ -107,14 +108,18 @@ class Daemon:
                     mon.on_sent(self.seq[i], now)
                 self._transitions(i, mon.on_tick(now), now)
             self.apply(*self.controller.tick(now))
-            await asyncio.sleep(TICK)
+            # sleep until the next probe or deadline of any tunnel (not a fixed
+            # poll: idle CPU matters on small gateways), at most MAX_SLEEP
+            wake = min([m.next_wakeup() for m in self.monitors] + [now + MAX_SLEEP])
+            await asyncio.sleep(max(MIN_SLEEP, wake - time.monotonic()))
 
     async def rebalance_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.cfg.rebalance_interval)
             except asyncio.TimeoutError:
-                self.apply(*self.controller.rebalance(self.factors(), time.monotonic()))
+                self.apply(*self.controller.rebalance(self.factors(), time.monotonic(),
+                                                      load=self.dp.slot_load))
 
     async def counters_loop(self) -> None:
         """Refresh the per-tunnel counters once a second (status and metrics read the cache)."""
@@ -208,7 +213,8 @@ class Daemon:
         if ruleset is not None:
             self.apply_rules(ruleset)
         self.config_generation += 1
-        self.apply(*self.controller.rebalance(self.factors(), time.monotonic(), force=True))
+        self.apply(*self.controller.rebalance(self.factors(), time.monotonic(), force=True,
+                                              load=self.dp.slot_load))
         summary = f"config generation {self.config_generation} applied"
         self.events.emit("config_reloaded", summary)
         return {"ok": True, "summary": summary}

@@ -237,8 +237,32 @@ def _spread_pick(items: Sequence[int], k: int) -> list[int]:
     return [items[(2 * j + 1) * n // (2 * k)] for j in range(k)]
 
 
+def _pick_by_load(held: Sequence[int], k: int, load: Sequence[int], target: int) -> list[int]:
+    """k of a losing tunnel's slots carrying as close to ``target`` live flows as
+    possible: loaded slots (largest first) while they fit, then empty slots
+    spread through the table, then the lightest loaded ones. Moving exactly the
+    flows the new weights require, not whatever happened to hash there."""
+    loaded = sorted((p for p in held if load[p] > 0), key=lambda p: (-load[p], p))
+    empty = [p for p in held if load[p] == 0]
+    chosen: list[int] = []
+    moved = 0
+    for p in loaded:
+        if len(chosen) < k and moved + load[p] <= target:
+            chosen.append(p)
+            moved += load[p]
+    rest = k - len(chosen)
+    if rest > 0:
+        chosen.extend(_spread_pick(empty, min(rest, len(empty))) if empty else [])
+    rest = k - len(chosen)
+    if rest > 0:
+        taken = set(chosen)
+        chosen.extend(sorted((p for p in loaded if p not in taken), key=lambda p: (load[p], p))[:rest])
+    return chosen
+
+
 def build_slots(weights: Sequence[float], nslots: int,
-                previous: Sequence[int] | None = None) -> list[int]:
+                previous: Sequence[int] | None = None,
+                load: Sequence[int] | None = None) -> list[int]:
     """Slot table of tunnel indexes whose shares follow ``weights``.
 
     Each tunnel gets :func:`quotas` slots (within +-1 of weight share x nslots).
@@ -254,6 +278,11 @@ def build_slots(weights: Sequence[float], nslots: int,
     receivers are interleaved over the freed slots, so the table stays mixed.
     The result depends only on (weights, nslots, previous): a restarted daemon
     that reads the table back rebuilds the same next table.
+
+    With ``load`` (live flows per slot, from the data path's flow table) the
+    surplus slots are chosen so that the live flows moved are as close as the
+    slot count allows to the minimum the new weights require (the excess of
+    live flows over the new share), instead of whatever hashed there.
 
     All weights zero: ``previous`` is returned unchanged (the daemon keeps the
     last programming); without ``previous`` that is a ValueError.
@@ -281,9 +310,16 @@ def build_slots(weights: Sequence[float], nslots: int,
         else:
             freed.append(pos)          # tunnel gone from the config
     new_q = quotas(weights, nslots, [len(h) for h in held])
+    total_load = sum(load) if load is not None and len(load) == nslots else 0
     for t in range(ntun):
         surplus = len(held[t]) - new_q[t]
-        if surplus > 0:
+        if surplus <= 0:
+            continue
+        if total_load:
+            live = sum(load[p] for p in held[t])
+            target = max(0, round(live - new_q[t] / nslots * total_load))
+            freed.extend(_pick_by_load(held[t], surplus, load, target))
+        else:
             freed.extend(_spread_pick(held[t], surplus))
     freed.sort()
     gains = [max(0, new_q[t] - len(held[t])) for t in range(ntun)]

@@ -14,6 +14,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
     cfg = daemon.cfg
     total_w = sum(c.weights) or 1.0
     shares = c.shares()
+    flows = daemon.dp.flow_counts()
     rows = []
     for i, t in enumerate(cfg.tunnels):
         st = daemon.monitors[i].stats() if daemon.monitors else None
@@ -27,6 +28,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
             "loss_pct": round(st.loss_ratio * 100, 2) if st else None,
             "weight": round(c.weights[i] / total_w, 4),
             "share": round(shares[i], 4),
+            "flows": flows[i],
             "tx_packets": pk, "tx_bytes": by,
             "down_mbps": t.bandwidth.down_mbps,
         })

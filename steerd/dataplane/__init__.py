@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -87,6 +88,7 @@ class Dataplane(Protocol):
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int: ...
     def counters(self) -> list[tuple[int, int]]: ...
     def flow_counts(self) -> list[int]: ...
+    def slot_load(self) -> list[int]: ...
     def cleanup(self) -> dict[str, int]: ...
 
 
@@ -198,16 +200,29 @@ class KernelDataplane:
             out.append((sum(v.packets for v in vals), sum(v.bytes for v in vals)))
         return out
 
-    def flow_counts(self) -> list[int]:
-        """Live flows per tunnel in the affinity table (those not idle-expired)."""
-        import time
+    def _live_flows(self):
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         idle = int(self.layout.flow_idle_timeout * 1e9)
-        counts = [0] * len(self.layout.tunnels)
         for _, v in self.prog.table("flows").items_lookup_batch():
-            if v.tunnel < len(counts) and now_ns - v.last_ns < idle:
+            if now_ns - v.last_ns < idle:
+                yield v
+
+    def flow_counts(self) -> list[int]:
+        """Live flows per tunnel in the affinity table (those not idle-expired)."""
+        counts = [0] * len(self.layout.tunnels)
+        for v in self._live_flows():
+            if v.tunnel < len(counts):
                 counts[v.tunnel] += 1
         return counts
+
+    def slot_load(self) -> list[int]:
+        """Live flows per slot that still sit on the slot's tunnel (flows kept
+        elsewhere by failback policy do not count: moving the slot leaves them)."""
+        load = [0] * self.layout.nslots
+        for v in self._live_flows():
+            if v.slot < len(load) and self.slots.tunnel[v.slot] == v.tunnel:
+                load[v.slot] += 1
+        return load
 
     def close(self) -> None:
         """Stop managing; leave the classifier, routes and pins in place (restart)."""
@@ -255,6 +270,9 @@ class FakeDataplane:
 
     def flow_counts(self) -> list[int]:
         return [0] * len(self.layout.tunnels)
+
+    def slot_load(self) -> list[int]:
+        return [0] * self.layout.nslots
 
     def close(self) -> None:
         pass

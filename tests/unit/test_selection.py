@@ -286,3 +286,37 @@ def test_prop_quotas_sum_and_bounds(weights, n):
     assert sum(q) == n
     total = sum(map(Fraction, weights))
     assert all(abs(qi - Fraction(w) * n / total) < 1 for qi, w in zip(q, weights))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 6).flatmap(lambda k: st.tuples(
+    st.lists(st.floats(1.0, 100.0), min_size=k, max_size=k),
+    st.lists(st.floats(1.0, 100.0), min_size=k, max_size=k))),
+    st.integers(0, 2**32 - 1), st.sampled_from([1024, 4096]))
+def test_prop_load_aware_update_moves_the_minimum_live_flows(pair, seed, n):
+    """With the live flows per slot known, the flows moved are the minimum the
+    new weights need (excess of live flows over the new share), as long as a
+    losing tunnel has enough empty slots to make up its slot count — the
+    common case: fewer live flows than slots."""
+    import random
+    w0, w1 = pair
+    old = build_slots(w0, n)
+    rng = random.Random(seed)
+    load = [0] * n
+    for _ in range(n // 2):           # flows hashed onto slots
+        load[rng.randrange(n)] += 1
+    new = build_slots(w1, n, old, load)
+    assert_shares_within_one_slot(new, w1)
+    assert_minimal_move(old, new, len(w1))
+    assert build_slots(w1, n, old, load) == new
+    total = sum(load)
+    quota_new = [new.count(t) for t in range(len(w1))]
+    for t in range(len(w1)):
+        live = sum(load[p] for p in range(n) if old[p] == t)
+        moved = sum(load[p] for p in range(n) if old[p] == t and new[p] != t)
+        if quota_new[t] < old.count(t):
+            need = max(0, round(live - quota_new[t] / n * total))
+            # exact unless a single heavy slot makes it jump (then never more than the max load)
+            assert need - max(load) <= moved <= need, (t, need, moved)
+        else:
+            assert moved == 0
