@@ -72,17 +72,19 @@ class Daemon:
     # -- probing ----------------------------------------------------------------
     def _start_probing(self, now: float) -> None:
         from .health import LinkMonitor
-        from .probe import Prober
 
         loop = asyncio.get_running_loop()
         self.monitors = [LinkMonitor(t.name, self.cfg.probe, self.cfg.health, now)
                          for t in self.cfg.tunnels]
-        for i, t in enumerate(self.cfg.tunnels):
-            p = Prober(t.name, t.interface, t.probe_target,
-                       on_reply=lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at))
-            loop.add_reader(p.fileno(), p.handle_readable)
-            self.probers.append(p)
+        self.probers = [self._prober(i, t, loop) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
+
+    def _prober(self, i: int, t, loop: asyncio.AbstractEventLoop):
+        from .probe import Prober
+        p = Prober(t.name, t.interface, t.probe_target,
+                   on_reply=lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at))
+        loop.add_reader(p.fileno(), p.handle_readable)
+        return p
 
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
         self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
@@ -189,35 +191,100 @@ class Daemon:
         return self.rulemaps.generation
 
     async def reload(self) -> dict:
-        """Re-read config and rules; on any error keep everything as it runs."""
+        """Re-read config and rules, validate, apply only the difference; on any
+        error keep everything as it runs, log why and count it."""
         try:
             cfg = load_config(self.cfg.path)
             ruleset = None
             if cfg.rules_file and os.path.exists(cfg.rules_file):
                 from .rules import load_rules
                 ruleset = load_rules(cfg.rules_file, cfg.wans)
-            if Layout.from_config(cfg) != getattr(self.dp, "layout", None):
-                raise ValidationError([Problem(cfg.path, 0, "tunnels/ingress/network_ranges/dataplane",
-                                               "changed", "the same data-path layout (restart steerd "
-                                               "to change interfaces, ranges, marks or tables)")])
+            _check_restart_only(self.cfg, cfg)
         except ValidationError as exc:
             self.config_errors += 1
             self.events.emit("config_rejected", f"{len(exc.problems)} problem(s): {exc.problems[0]}")
             log.error("reload rejected, keeping the running config:\n%s", exc)
             return {"ok": False, "error": "reload rejected, nothing changed", "text": str(exc),
                     "problems": [p.as_dict() for p in exc.problems]}
-        self.cfg = cfg
-        self.controller.cfg = cfg
-        for m in self.monitors:
-            m.reconfigure(cfg.probe, cfg.health) if hasattr(m, "reconfigure") else None
-        if ruleset is not None:
-            self.apply_rules(ruleset)
+        changes = await self._switch_config(cfg)
+        if ruleset is not None or self.ruleset is not None:
+            from .rules import RuleSet
+            self.apply_rules(ruleset or RuleSet((), cfg.rules_file or ""))
         self.config_generation += 1
-        self.apply(*self.controller.rebalance(self.factors(), time.monotonic(), force=True,
-                                              load=self.dp.slot_load))
-        summary = f"config generation {self.config_generation} applied"
+        summary = f"config generation {self.config_generation} applied: {changes}"
         self.events.emit("config_reloaded", summary)
         return {"ok": True, "summary": summary}
+
+    async def _switch_config(self, cfg: SiteConfig) -> str:
+        """Carry link state, HA state, monitors and the slot table over to *cfg*
+        by tunnel name; touch the kernel only where the layout differs."""
+        now = time.monotonic()
+        old_cfg, old = self.cfg, self.controller
+        new_index = {t.name: i for i, t in enumerate(cfg.tunnels)}
+        gone = len(cfg.tunnels)  # an index build_slots frees
+        remapped = [new_index.get(old_cfg.tunnels[t].name, gone) if t < len(old_cfg.tunnels) else gone
+                    for t in (old.slots or [])] or None
+        ctl = Controller(cfg, now, remapped)
+        for i, t in enumerate(cfg.tunnels):
+            if t.name in {o.name for o in old_cfg.tunnels}:
+                ctl.states[i] = old.states[old_cfg.index_of(t.name)]
+        ctl.ha.carry_over(old.ha)
+        ctl.ha.update(ctl.states, now)
+        self._rebuild_probers(old_cfg, cfg, now)
+        layout = Layout.from_config(cfg)
+        relayout = layout != getattr(self.dp, "layout", layout)
+        self.cfg, self.controller = cfg, ctl
+        prog, notes = ctl.rebalance(self.factors(), now, force=True,
+                                    load=None if relayout else self.dp.slot_load)
+        if relayout and prog is not None and prog.slots is not None:
+            await asyncio.to_thread(self.dp.relayout, layout, list(prog.slots))
+        self.apply(prog, notes)
+        added = set(new_index) - {t.name for t in old_cfg.tunnels}
+        removed = {t.name for t in old_cfg.tunnels} - set(new_index)
+        return (f"{len(cfg.tunnels)} tunnels (+{len(added)} -{len(removed)}), "
+                f"data-path layout {'updated' if relayout else 'unchanged'}")
+
+    def _rebuild_probers(self, old_cfg: SiteConfig, cfg: SiteConfig, now: float) -> None:
+        """Keep the monitor (its history) of a tunnel whose interface and target
+        did not change; start fresh ones for the others."""
+        if not self.probing:
+            return
+        from .health import LinkMonitor
+        loop = asyncio.get_running_loop()
+        keep = {t.name: i for i, t in enumerate(old_cfg.tunnels)}
+        monitors, probers, seq = [], [], []
+        for t in cfg.tunnels:
+            i = keep.get(t.name)
+            o = old_cfg.tunnels[i] if i is not None else None
+            if o is not None and (o.interface, o.probe_target) == (t.interface, t.probe_target):
+                self.monitors[i].reconfigure(cfg.probe, cfg.health)
+                monitors.append(self.monitors[i])
+                probers.append(self.probers[i])
+                seq.append(self.seq[i])
+                keep.pop(t.name)
+            else:
+                monitors.append(LinkMonitor(t.name, cfg.probe, cfg.health, now))
+                probers.append(self._prober(len(probers), t, loop))
+                seq.append(0)
+        for i in keep.values():
+            loop.remove_reader(self.probers[i].fileno())
+            self.probers[i].close()
+        self.monitors, self.probers, self.seq = monitors, probers, seq
+        # reply callbacks carry the tunnel's position: rebind them to the new order
+        for i, p in enumerate(self.probers):
+            p.on_reply = lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at)
+
+
+def _check_restart_only(old: SiteConfig, new: SiteConfig) -> None:
+    """Settings that size or locate the eBPF maps need a restart, not a reload."""
+    problems = []
+    for key in ("bpffs", "slots", "flow_table_size"):
+        a, b = getattr(old.dataplane, key), getattr(new.dataplane, key)
+        if a != b:
+            problems.append(Problem(new.path, 0, f"dataplane.{key}", b,
+                                    f"{a!r} as running (changing it needs a restart of steerd)"))
+    if problems:
+        raise ValidationError(problems)
 
 
 def state_path(cfg: SiteConfig) -> str:

@@ -127,6 +127,16 @@ class HaSelector:
         self._all_down = False
         self.active_since: float = now   # when the current role took over
 
+    def carry_over(self, old: "HaSelector") -> None:
+        """Continue *old*'s state (role, holds by tunnel name) after a reload
+        changed the tunnel list, so a reload neither fails over nor back."""
+        self.active, self.active_since, self._all_down = old.active, old.active_since, old._all_down
+        if self.active == "primary" and not self._primary:
+            self.active = "secondary"
+        by_name = {old._names[i]: t for i, t in old._up_since.items()}
+        self._up_since = {i: by_name[self._names[i]] for i in self._primary
+                          if self._names[i] in by_name}
+
     @property
     def all_down(self) -> bool:
         """True while every tunnel of both roles is down."""

@@ -171,6 +171,32 @@ class KernelDataplane:
                 v.up = int(self.usable[i])
             table[ct.c_uint32(i)] = v
 
+    def relayout(self, new: Layout, slots: list[int]) -> None:
+        """Apply a reloaded layout: only what differs (routes and rules are synced,
+        ranges and marks rewritten, ingress attachments added/removed). *slots*
+        is the current table re-expressed in the new tunnel indexes; every slot
+        gets a new version, so cached flows re-decide — onto the same physical
+        tunnel, since each slot keeps its tunnel."""
+        old = self.layout
+        self.layout = new
+        self.usable = [False] * len(new.tunnels)
+        self._write_ranges()
+        self._write_tunnels()
+        stale = [t.table for t in old.tunnels if t.table not in {n.table for n in new.tunnels}]
+        routes.remove(stale, old.rule_priority)
+        if old.rule_priority != new.rule_priority or old.mark_mask != new.mark_mask:
+            routes.remove([t.table for t in old.tunnels], old.rule_priority)
+        routes.install([routes.TunnelRoute(t.interface, t.mark, t.table) for t in new.tunnels],
+                       list(new.ranges), new.mark_mask, new.rule_priority)
+        cfg = Cfg(new.nslots, new.mark_mask, int(new.flow_idle_timeout * 1e9))
+        self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
+        for ifname in set(old.ingress) - set(new.ingress):
+            tc.detach(ifname)
+        for ifname in set(new.ingress) - set(old.ingress):
+            tc.attach(ifname, self.prog.fd)
+        self.slots = SlotTable(list(slots), [(v + 1) & 0xFFFFFFFF for v in self.slots.ver])
+        self._write_slot_entries(range(len(slots)))
+
     def set_usable(self, usable: list[bool]) -> None:
         """Which tunnels may carry traffic. Written before the slot table on a
         failure so the classifier stops using a dead tunnel at once."""
@@ -180,17 +206,21 @@ class KernelDataplane:
 
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
         """Write only the slots that change hands (one batch). Returns their number."""
-        new, changed = _bump(self.slots, slots, keep_flows_of)
-        if changed:
-            table = self.prog.table("slots")
-            keys = (ct.c_uint32 * len(changed))(*changed)
-            leaves = (table.Leaf * len(changed))()
-            for i, s in enumerate(changed):
-                leaves[i].tunnel = new.tunnel[s]
-                leaves[i].ver = new.ver[s]
-            table.items_update_batch(keys, leaves)
-        self.slots = new
+        self.slots, changed = _bump(self.slots, slots, keep_flows_of)
+        self._write_slot_entries(changed)
         return len(changed)
+
+    def _write_slot_entries(self, which) -> None:
+        which = list(which)
+        if not which:
+            return
+        table = self.prog.table("slots")
+        keys = (ct.c_uint32 * len(which))(*which)
+        leaves = (table.Leaf * len(which))()
+        for i, s in enumerate(which):
+            leaves[i].tunnel = self.slots.tunnel[s]
+            leaves[i].ver = self.slots.ver[s]
+        table.items_update_batch(keys, leaves)
 
     def counters(self) -> list[tuple[int, int]]:
         table = self.prog.table("tstats")
@@ -257,6 +287,12 @@ class FakeDataplane:
         self.usable = [False] * len(self.layout.tunnels)
         self.packets = [(0, 0)] * len(self.layout.tunnels)
         return None
+
+    def relayout(self, new: Layout, slots: list[int]) -> None:
+        self.layout = new
+        self.slots = SlotTable(list(slots), [v + 1 for v in self.slots.ver])
+        self.usable = [False] * len(new.tunnels)
+        self.packets = [(0, 0)] * len(new.tunnels)
 
     def set_usable(self, usable: list[bool]) -> None:
         self.usable = list(usable)
