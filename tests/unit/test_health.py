@@ -217,18 +217,19 @@ def test_late_reply_makes_suspect_then_clears_and_counts():
 def test_confirmation_misses_declare_down_with_reason():
     d = Driver()
     d.clean(60)
-    assert d.m.confirmations_needed() == 3
+    n = d.m.confirmations_needed()
+    assert n == 4  # the configured floor on a clean link
     t = d.m.next_probe_at()
     d.send(t)
     d.tick(t + 0.05)
     assert d.m.suspect
-    for k in range(3):
+    for k in range(n):
         tc = d.m.next_probe_at()
         assert tc == pytest.approx(t + 0.05 + 0.1 * k)
         d.send(tc)
         tr = d.tick(tc + 0.05)
-    assert [(x.old, x.new, x.reason) for x in tr] == [("up", "down", "3 of 3 confirmation probes lost")]
-    assert tr[0].at == pytest.approx(t + 0.05 + 0.2 + 0.05)
+    assert [(x.old, x.new, x.reason) for x in tr] == [("up", "down", f"{n} of {n} confirmation probes lost")]
+    assert tr[0].at == pytest.approx(t + 0.05 + 0.1 * (n - 1) + 0.05)
     assert d.m.state == "down" and d.m.health_factor() == 0.0 and not d.m.suspect
     # after down, probes continue at the normal interval (no confirmations)
     assert d.m.next_probe_at() == pytest.approx(t + 1.0)

@@ -1,0 +1,106 @@
+/* Test harness for steerd.dataplane.qos: a stand-in for the steering program's
+ * qos_classify until that lands. Attached by qos.install() as the cls_bpf
+ * direct-action filter on the HTB root (5e:) of a tunnel's egress.
+ *
+ * It is qos_classify with the network rules replaced by two small tables the
+ * tests fill:
+ *     port_prio[dst port]  -> rule priority 1..255  (TCP/UDP, first fragment)
+ *     proto_prio[L4 proto] -> rule priority 1..255  (e.g. ICMP)
+ * and the one table the real program shares:
+ *     prio_class[priority] -> HTB classid  (index 0: unmatched -> default band)
+ * filled from steerd.dataplane.qos.prio_class_table().
+ *
+ * qos_parse_net() is the parse_pkt_net() proposed for pkt.h: parse_pkt reads
+ * from skb->data and expects an Ethernet header, but at tc egress of an XFRM
+ * interface (ARPHRD_NONE) skb->data is the IP header. Reading relative to the
+ * network header works on both (veth in the lab, xfrm on the gateway).
+ *
+ * Build: bcc, cflags -I<ebpf dir> (for pkt.h).
+ */
+#include "pkt.h"
+
+BPF_ARRAY(prio_class, u32, 256);
+BPF_HASH(port_prio, u16, u32, 256);
+BPF_ARRAY(proto_prio, u32, 256);
+BPF_ARRAY(qos_seen, u64, 256);       /* packets per priority index (0 = unmatched) */
+BPF_ARRAY(qos_iif, u32, 1);          /* skb->ingress_ifindex of the last packet (the
+                                        rules' ingress field at egress: must be the LAN side) */
+
+static __always_inline int qos_parse_net(struct __sk_buff *skb, struct pkt *p)
+{
+    u32 l4off;
+    int has_ports = 0;
+
+    p->len = skb->len;
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET) < 0)
+            return -1;
+        p->family = 4;
+        p->src[0] = ip.saddr;
+        p->dst[0] = ip.daddr;
+        p->proto = ip.protocol;
+        p->dscp = ip.tos >> 2;
+        l4off = ip.ihl * 4;
+        /* only the first fragment carries the L4 header */
+        has_ports = (ip.frag_off & bpf_htons(0x1fff)) == 0;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET) < 0)
+            return -1;
+        p->family = 6;
+        __builtin_memcpy(p->src, &ip6.saddr, 16);
+        __builtin_memcpy(p->dst, &ip6.daddr, 16);
+        p->proto = ip6.nexthdr;
+        p->dscp = ((ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
+        l4off = sizeof(ip6);
+        has_ports = 1;
+    } else {
+        return -1;
+    }
+    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
+                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
+        struct ports pt;
+        if (bpf_skb_load_bytes_relative(skb, l4off, &pt, sizeof(pt), BPF_HDR_START_NET) == 0) {
+            p->sport = bpf_ntohs(pt.sport);
+            p->dport = bpf_ntohs(pt.dport);
+        }
+    }
+    return 0;
+}
+
+int qos_test_classify(struct __sk_buff *skb)
+{
+    struct pkt p = {};
+    u32 prio = 0;
+
+    if (qos_parse_net(skb, &p) < 0)
+        return TC_ACT_UNSPEC;            /* not IP: HTB's default class */
+    /* --- stand-in for: rules_eval(&p, skb->ingress_ifindex, &v, 0); prio = v.prio */
+    u32 zero = 0, iif = skb->ingress_ifindex;
+    qos_iif.update(&zero, &iif);
+    u32 proto = p.proto;
+    u32 *pp = proto_prio.lookup(&proto);
+    if (pp && *pp)
+        prio = *pp;
+    if (p.dport) {
+        u16 port = p.dport;
+        u32 *pr = port_prio.lookup(&port);
+        if (pr)
+            prio = *pr;
+    }
+    prio &= 0xff;
+    u64 *seen = qos_seen.lookup(&prio);
+    if (seen)
+        __sync_fetch_and_add(seen, 1);
+    /* --- end of stand-in */
+    u32 *cid = prio_class.lookup(&prio);
+    /* Minor 0 would be 5e:0, HTB's unshaped direct queue: never set it. No
+     * decision (TC_ACT_UNSPEC) sends the packet to HTB's default class. */
+    if (!cid || (*cid & 0xffff) == 0)
+        return TC_ACT_UNSPEC;
+    /* Only the low 16 bits are kept (qdisc_skb_cb.tc_classid is a u16); the
+     * filter's classid (5e:) supplies the major. */
+    skb->tc_classid = *cid;
+    return TC_ACT_OK;
+}
