@@ -46,3 +46,30 @@ def test_weight_drop_moves_the_minimum_of_live_flows(lab, start_steerd, receiver
 def steerd_reload(steerd) -> dict:
     from steerd.cli import request_lines
     return next(request_lines(steerd.lab.socket, {"cmd": "reload"}))
+
+
+def test_reload_that_removes_a_tunnel_moves_no_live_flow(lab, start_steerd, receiver):
+    """Removing sec-wan1 renumbers the tunnels after it (marks, tables): the
+    data path is re-laid out in place and no primary flow moves."""
+    from steerd.lab.netns import ns_sh
+    steerd = start_steerd()
+    sender = send(lab, 1000, duration=8.0, pps=5000, background=True)
+    time.sleep(2.0)
+    before = {f: next(iter(ifs)) for f, ifs in receiver.snapshot().items()}
+    cfg = lab.config()
+    cfg["tunnels"] = [t for t in cfg["tunnels"] if t["name"] != "sec-wan1"]
+    lab.write_config(cfg)
+    reply = steerd_reload(steerd)
+    assert reply["ok"] and "updated" in reply["summary"], reply
+    time.sleep(1.0)
+    receiver.reset()
+    time.sleep(2.0)
+    after = receiver.snapshot()
+    sender.communicate(timeout=30)
+    assert all(list(after[f]) == [before[f]] for f in before if f in after)
+    assert len(after) == 1000
+    rules = ns_sh(lab.gw, "ip", "rule", "show")
+    assert "lookup 2106" not in rules and "lookup 2105" in rules
+    assert [t["name"] for t in steerd.status()["tunnels"]] == [t["name"] for t in cfg["tunnels"]]
+    routes = ns_sh(lab.gw, "ip", "route", "show", "table", "2104")
+    assert "dev tun-s2" in routes
