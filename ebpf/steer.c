@@ -56,6 +56,8 @@ struct flow_val {
     u32 tunnel;
     u32 ver;             /* slot version when the flow was placed */
     u64 last_ns;
+    u32 slot;            /* lets the daemon count live flows per slot */
+    u32 pad;
 };
 
 #define PIN(name) PIN_DIR "/" #name
@@ -100,7 +102,7 @@ static __always_inline int tunnel_up(u32 t)
 
 /* Slot lookup; if the slot's tunnel is down (the daemon has not reprogrammed
  * yet) probe a few neighbouring slots so the flow still leaves on a live one. */
-static __always_inline struct slot *pick_slot(u32 h, u32 nslots)
+static __always_inline struct slot *pick_slot(u32 h, u32 nslots, u32 *idx)
 {
     struct slot *first = NULL;
 #pragma unroll
@@ -109,10 +111,14 @@ static __always_inline struct slot *pick_slot(u32 h, u32 nslots)
         struct slot *sl = slots.lookup(&s);
         if (!sl)
             return first;
-        if (!first)
+        if (!first) {
             first = sl;
-        if (tunnel_up(sl->tunnel))
+            *idx = s;
+        }
+        if (tunnel_up(sl->tunnel)) {
+            *idx = s;
             return sl;
+        }
     }
     return first;
 }
@@ -126,7 +132,8 @@ static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *c
         return NO_TUNNEL;
 
     u32 h = flow_hash(p);
-    struct slot *sl = pick_slot(h, nslots);
+    u32 sidx = 0;
+    struct slot *sl = pick_slot(h, nslots, &sidx);
     if (!sl)
         return NO_TUNNEL;
 
@@ -145,7 +152,7 @@ static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *c
             fv->last_ns = now;
         return fv->tunnel;
     }
-    struct flow_val nv = { .tunnel = sl->tunnel, .ver = sl->ver, .last_ns = now };
+    struct flow_val nv = { .tunnel = sl->tunnel, .ver = sl->ver, .last_ns = now, .slot = sidx };
     flows.update(&fk, &nv);
     return sl->tunnel;
 }
