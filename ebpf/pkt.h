@@ -79,6 +79,51 @@ static __always_inline int parse_pkt(struct __sk_buff *skb, struct pkt *p)
     return 0;
 }
 
+/* parse_pkt for tc egress: reads relative to the network header, so it works
+ * with an Ethernet header in front (veth, the lab) and without one (an XFRM
+ * interface is ARPHRD_NONE: at its tc egress skb->data is the IP header). */
+static __always_inline int parse_pkt_net(struct __sk_buff *skb, struct pkt *p)
+{
+    u32 l4off;
+    int has_ports = 0;
+
+    p->len = skb->len;
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET) < 0)
+            return -1;
+        p->family = 4;
+        p->src[0] = ip.saddr;
+        p->dst[0] = ip.daddr;
+        p->proto = ip.protocol;
+        p->dscp = ip.tos >> 2;
+        l4off = ip.ihl * 4;
+        has_ports = (ip.frag_off & bpf_htons(0x1fff)) == 0;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET) < 0)
+            return -1;
+        p->family = 6;
+        __builtin_memcpy(p->src, &ip6.saddr, 16);
+        __builtin_memcpy(p->dst, &ip6.daddr, 16);
+        p->proto = ip6.nexthdr;
+        p->dscp = ((ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
+        l4off = sizeof(ip6);
+        has_ports = 1;
+    } else {
+        return -1;
+    }
+    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
+                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
+        struct ports pt;
+        if (bpf_skb_load_bytes_relative(skb, l4off, &pt, sizeof(pt), BPF_HDR_START_NET) == 0) {
+            p->sport = bpf_ntohs(pt.sport);
+            p->dport = bpf_ntohs(pt.dport);
+        }
+    }
+    return 0;
+}
+
 /* Flow hash: the Python twin is steerd/flowhash.py (keep them identical).
  * Words are host-order values of the big-endian address words. */
 static __always_inline u32 fh_mix(u32 h, u32 w)

@@ -200,3 +200,33 @@ int steer(struct __sk_buff *skb)
     }
     return TC_ACT_OK;
 }
+
+/* prio_class[p] = HTB classid for rule priority p; [0] = no rule / no priority
+ * = the default band. Filled from steerd.dataplane.qos.prio_class_table(); only
+ * the minor is used, the filter's classid supplies the major 5e:. */
+BPF_TABLE_PINNED("array", u32, u32, prio_class, 256, PIN(prio_class));
+
+/* cls_bpf direct-action on a capped tunnel's HTB root (5e:), attached by
+ * qos.install(). skb->priority set at ingress does not survive IPv4
+ * forwarding, so the rules are evaluated again here (hits not counted twice);
+ * skb->ingress_ifindex is still the LAN interface. */
+int qos_classify(struct __sk_buff *skb)
+{
+    struct pkt p = {};
+    u32 prio = 0;
+
+    if (parse_pkt_net(skb, &p) < 0)
+        return TC_ACT_UNSPEC;            /* not IP: HTB's default class */
+#ifdef WITH_RULES
+    if (steered(&p)) {
+        struct rule_verdict v = {};
+        rules_eval(&p, skb->ingress_ifindex, &v, 0);
+        prio = v.prio & 0xff;
+    }
+#endif
+    u32 *cid = prio_class.lookup(&prio);
+    if (!cid || (*cid & 0xffff) == 0)    /* never 5e:0: HTB's unshaped direct queue */
+        return TC_ACT_UNSPEC;
+    skb->tc_classid = *cid;              /* a u16 in the kernel: the minor */
+    return TC_ACT_OK;
+}

@@ -124,6 +124,7 @@ class SiteConfig:
     rules_file: str | None = None
     events_file: str | None = None
     events_keep: int = 1000
+    qos_default_priority: int = 128
     tunnels: tuple[Tunnel, ...] = ()
     dataplane: DataplaneConfig = DataplaneConfig()
     # Validated elsewhere (IPsec is another module's concern); plain data. A dict
@@ -612,6 +613,9 @@ _DATAPLANE = {
 }
 
 _METRICS = {"listen": _Field(_listen, attr="metrics_listen")}
+# QoS on capped tunnels: the class of traffic no rule gives a priority
+# (1 most important .. 255 bulk; 128 keeps it above explicit bulk)
+_QOS = {"default_priority": _Field(_integer(1, 255), attr="qos_default_priority")}
 _EVENTS = {
     "file": _Field(_file_path, attr="events_file"),
     "keep": _Field(_integer(1, 10_000_000), attr="events_keep"),
@@ -776,7 +780,7 @@ def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
     return conv
 
 
-_FLATTENED = ("metrics", "events")
+_FLATTENED = ("metrics", "events", "qos")
 
 
 _TOP = {
@@ -795,6 +799,7 @@ _TOP = {
                                     "a group name such as steerd")),
     "rules_file": _Field(_file_path),
     "events": _Field(_sub(_EVENTS)),
+    "qos": _Field(_sub(_QOS)),
     "tunnels": _Field(_tunnels, required=True),
     "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
     "ipsec": _Field(_ipsec),

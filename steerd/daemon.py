@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import control, metrics, sdnotify
 from .config import SiteConfig, load_config
@@ -138,6 +139,8 @@ class Daemon:
         now = time.monotonic()
         self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
         self._load_rules_at_start()
+        if not self.ruleset:
+            self.apply_qos()
         prog, notes = self.controller.rebalance(self.factors(), now, force=adopted is None)
         self.apply(prog or self._current(), notes)
         self.events.emit("started", "adopted pinned state" if adopted else "fresh start",
@@ -179,6 +182,19 @@ class Daemon:
             from .rules import load_rules
             self.apply_rules(load_rules(self.cfg.rules_file, self.cfg.wans))
 
+    def apply_qos(self) -> None:
+        """Caps and priority bands follow the config and the rules' priorities."""
+        caps = [t.bandwidth.cap_mbps for t in self.cfg.tunnels]
+        prios = {r.priority for r in self.ruleset.rules if getattr(r, "priority", None)} \
+            if self.ruleset else set()
+        try:
+            # pyroute2 runs its own event loop: never on the daemon's loop thread
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(self.dp.set_qos, caps, prios, self.cfg.qos_default_priority).result()
+        except Exception as exc:  # e.g. another tool's root qdisc on a tunnel: report, keep steering
+            log.error("QoS not applied: %s", exc)
+            self.events.emit("qos_failed", str(exc))
+
     def apply_rules(self, ruleset) -> int:
         """Swap in a validated rule set (all or nothing, one flip in the data path)."""
         from .rules import compile_rules
@@ -188,6 +204,7 @@ class Daemon:
             self.rulemaps = RuleMaps(self.dp.prog.bpf)
         self.rulemaps.apply(compiled, self.controller.wan_tunnels())
         self.ruleset = ruleset
+        self.apply_qos()
         return self.rulemaps.generation
 
     async def reload(self) -> dict:
@@ -210,6 +227,8 @@ class Daemon:
         if ruleset is not None or self.ruleset is not None:
             from .rules import RuleSet
             self.apply_rules(ruleset or RuleSet((), cfg.rules_file or ""))
+        if ruleset is None:
+            self.apply_qos()
         self.config_generation += 1
         summary = f"config generation {self.config_generation} applied: {changes}"
         self.events.emit("config_reloaded", summary)

@@ -31,6 +31,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
             "flows": flows[i],
             "tx_packets": pk, "tx_bytes": by,
             "down_mbps": t.bandwidth.down_mbps,
+            "cap_mbps": t.bandwidth.cap_mbps,
         })
     return rows
 

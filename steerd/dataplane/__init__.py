@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from . import routes, tc
+from . import qos, routes, tc
 from .program import MAX_TUNNELS, Cfg, Classifier, ProgramParams, remove_pins
 
 log = logging.getLogger("steerd.dataplane")
@@ -90,6 +90,7 @@ class Dataplane(Protocol):
     def flow_counts(self) -> list[int]: ...
     def slot_load(self) -> list[int]: ...
     def cleanup(self) -> dict[str, int]: ...
+    def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
 
 
 def _bump(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
@@ -197,6 +198,23 @@ class KernelDataplane:
         self.slots = SlotTable(list(slots), [(v + 1) & 0xFFFFFFFF for v in self.slots.ver])
         self._write_slot_entries(range(len(slots)))
 
+    def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
+        """HTB caps with priority bands on capped tunnels' egress; none elsewhere.
+        Idempotent: a changed cap or band set is changed in place."""
+        bands = qos.bands_for(priorities, default_priority)
+        table = self.prog.table("prio_class")
+        for p, cid in enumerate(qos.prio_class_table(default_priority, bands)):
+            table[ct.c_uint32(p)] = ct.c_uint32(cid)
+        for t, cap in zip(self.layout.tunnels, caps):
+            if cap:
+                qos.install(t.interface, cap, bands, qos.default_minor(default_priority),
+                            self.prog.qos_fd)
+            else:
+                qos.remove(t.interface)
+
+    def qos_state(self) -> list[dict | None]:
+        return [qos.read(t.interface) for t in self.layout.tunnels]
+
     def set_usable(self, usable: list[bool]) -> None:
         """Which tunnels may carry traffic. Written before the slot table on a
         failure so the classifier stops using a dead tunnel at once."""
@@ -265,11 +283,17 @@ class KernelDataplane:
 
 
 def cleanup_kernel(layout: Layout) -> dict[str, int]:
-    """Remove every tc filter, ip rule, route and pinned map steerd created, and nothing else."""
+    """Remove every tc filter, qdisc, ip rule, route and pinned map steerd created, and nothing else."""
     filters = sum(tc.detach(i) for i in layout.ingress)
+    shapers = sum(qos.remove(t.interface) for t in layout.tunnels if _exists(t.interface))
     removed_routes = routes.remove([t.table for t in layout.tunnels], layout.rule_priority)
     pins = remove_pins(layout.pin_dir)
-    return {"filters": filters, "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
+    return {"filters": filters, "shapers": shapers, "rules_and_routes": removed_routes,
+            "pinned_maps": len(pins)}
+
+
+def _exists(ifname: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{ifname}")
 
 
 @dataclass
@@ -296,6 +320,12 @@ class FakeDataplane:
 
     def set_usable(self, usable: list[bool]) -> None:
         self.usable = list(usable)
+
+    def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
+        self.caps = list(caps)
+
+    def qos_state(self) -> list[dict | None]:
+        return [None] * len(self.layout.tunnels)
 
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
         self.slots, changed = _bump(self.slots, slots, keep_flows_of)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 MAX_TUNNELS = 8
 NO_TUNNEL = 0xFFFFFFFF
-PINNED_MAPS = ("steer_cfg", "tunnels", "slots", "tstats", "flows", "ranges4", "ranges6", "misc")
 
 
 def ebpf_dir() -> Path:
@@ -93,6 +92,8 @@ class Classifier:
                        cflags=params.cflags(self.with_rules))
         self.fn = self.bpf.load_func("steer", BPF.SCHED_CLS)
         self.fd: int = self.fn.fd
+        # egress classifier for capped tunnels (HTB priority bands)
+        self.qos_fd: int = self.bpf.load_func("qos_classify", BPF.SCHED_CLS).fd
 
     def table(self, name: str):
         return self.bpf[name.encode()]
