@@ -6,7 +6,9 @@ APT_PKGS  := python3-bpfcc bpfcc-tools python3-venv iproute2 nftables iperf3 ipu
              prometheus systemd shellcheck
 STAMP     := $(VENV)/.installed
 
-.PHONY: all deps venv demo test test-unit test-kernel bench lint clean
+VM_VENV   ?= /opt/steerd-vm
+
+.PHONY: all deps venv demo test test-unit test-kernel test-vm bench lint clean
 
 all: test
 
@@ -29,6 +31,13 @@ test: venv
 	$(PY) -m pytest -q tests/unit
 	$(PY) -m pytest -q -m kernel tests/kernel
 	scripts/check-clean.sh
+	$(MAKE) test-vm
+
+# Real kernel (qemu, software emulation): XFRM interfaces, ESP, strongSwan, netem.
+test-vm: venv
+	scripts/vm-lint.sh
+	VM_VENV=$(VM_VENV) scripts/vm-setup.sh
+	VM_VENV=$(VM_VENV) scripts/vm-run.sh
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -38,6 +47,10 @@ test-kernel: venv
 
 bench: venv
 	for b in tests/bench/*; do [ -x "$$b" ] && $$b; done
+
+lint:
+	shellcheck deploy/install.sh deploy/steerd-stop-post scripts/*.sh
+	promtool check rules deploy/prometheus/alerts.yml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -213,6 +213,27 @@ def config_check(path: str, as_json: bool) -> None:
         click.echo(f"{path}: valid (site {cfg.site}, {len(cfg.tunnels)} tunnels)")
 
 
+@main.group()
+def ipsec() -> None:
+    """IPsec (strongSwan) configuration."""
+
+
+@ipsec.command("render")
+@click.option("--config", "config_path", default="/etc/steerd/steerd.yaml", show_default=True)
+@click.option("--secrets", default=None, help="pre-shared keys file (default: ipsec.secrets_file)")
+@click.option("--show-secrets", is_flag=True, help="include the keys (never logged)")
+def ipsec_render(config_path: str, secrets: str | None, show_secrets: bool) -> None:
+    """Print a swanctl.conf for this gateway from the config's ipsec section."""
+    from .config import load_config
+    from .ipsec import render
+    try:
+        cfg = load_config(config_path)
+        click.echo(render(cfg.ipsec, cfg, secrets, show_secrets), nl=False)
+    except ValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
 @main.command()
 @click.pass_obj
 def reload(sock: str) -> None:

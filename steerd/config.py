@@ -831,6 +831,10 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
         ck.fail(root, "<root>", root.plain(), f"a mapping with keys {', '.join(_TOP)}")
         raise ValidationError(ck.problems)
     values = _section(ck, root, "", _TOP) or {}
+    if "ipsec" in root.value and isinstance(values.get("ipsec"), dict):
+        from .ipsec import validate_ipsec  # its problems join the rest of the file's
+        names = [t.name for t in values["tunnels"]] if isinstance(values.get("tunnels"), tuple) else None
+        ck.problems.extend(validate_ipsec(root.value["ipsec"], path, names))
     _check_ingress_vs_tunnels(ck, root, values)
     for name in _FLATTENED:
         values.update(values.pop(name, {}))

@@ -49,6 +49,8 @@ class Daemon:
         self.metrics_port: int | None = None
         self.ruleset = None
         self.rulemaps = None
+        self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
+        self.sa_down: set[int] = set()   # tunnels held down because their SAs are gone
 
     # -- programming ----------------------------------------------------------
     def apply(self, prog: Programming | None, notes: list[Note]) -> None:
@@ -89,9 +91,48 @@ class Daemon:
 
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
         self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
+        # SAs back and the probes never stopped answering: up again at once
+        if i not in self.sa_down and self.controller.states[i] == "down" \
+                and self.monitors[i].state != "down":
+            self.link_changes += 1
+            self.events.emit("link_up", "SA installed and probe answered", self.cfg.tunnels[i].name,
+                             old="down", new=self.monitors[i].state)
+            self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
+
+    # -- XFRM awareness: a tunnel whose SAs vanish is down before probes notice --
+    def _start_xfrm(self) -> None:
+        from .xfrm import XfrmWatcher
+        try:
+            w = XfrmWatcher.for_interfaces({t.name: t.interface for t in self.cfg.tunnels},
+                                           self._on_sa_change).start()
+        except OSError as exc:
+            log.warning("no XFRM awareness: %s", exc)
+            return
+        if not w.tunnels:   # no XFRM interfaces among the tunnels (e.g. the veth lab)
+            w.close()
+            return
+        self.xfrm = w
+        asyncio.get_running_loop().add_reader(w.fileno(), w.handle_readable)
+        for name, has in w.has_sa.items():
+            if not has:
+                self._on_sa_change(name, False, "no SA at start")
+
+    def _on_sa_change(self, name: str, has_sa: bool, reason: str) -> None:
+        i, now = self.cfg.index_of(name), time.monotonic()
+        if has_sa:
+            self.sa_down.discard(i)
+            self.events.emit("sa_installed", reason, name)
+            return
+        self.sa_down.add(i)
+        if self.controller.states[i] != "down":
+            self.link_changes += 1
+            self.events.emit("link_down", reason, name, old=self.controller.states[i], new="down")
+            self.apply(*self.controller.link_state(i, "down", now))
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         for tr in transitions:
+            if i in self.sa_down and (tr.new != "down" or self.controller.states[i] == "down"):
+                continue  # no SA: probes cannot bring it up, and it is down already
             self.link_changes += 1
             kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[tr.new]
             self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new)
@@ -128,6 +169,8 @@ class Daemon:
         """Refresh the per-tunnel counters once a second (status and metrics read the cache)."""
         while not self.stop_event.is_set():
             self.counters_cache = self.dp.counters()
+            if self.xfrm:
+                self.xfrm.resync()
             await asyncio.sleep(1.0)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -151,6 +194,7 @@ class Daemon:
         tasks = [asyncio.create_task(self.rebalance_loop()), asyncio.create_task(self.counters_loop())]
         if self.probing:
             self._start_probing(now)
+            self._start_xfrm()
             tasks.append(asyncio.create_task(self.probe_loop()))
         tasks.append(asyncio.create_task(sdnotify.watchdog_loop(self.stop_event)))
         sdnotify.notify("READY=1")

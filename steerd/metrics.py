@@ -59,6 +59,17 @@ class SteerdCollector:
             pk, by = d.counters_cache[i] if i < len(d.counters_cache) else (0, 0)
             ctr["tunnel_tx_packets"].add_metric(lv, pk)
             ctr["tunnel_tx_bytes"].add_metric(lv, by)
+        if getattr(d, "xfrm", None) is not None:
+            esp = d.xfrm.counters()
+            for name, doc in (("esp_tx_bytes", "ESP bytes sent (kernel SA counters)"),
+                              ("esp_rx_bytes", "ESP bytes received (kernel SA counters)"),
+                              ("esp_tx_packets", "ESP packets sent (kernel SA counters)"),
+                              ("esp_rx_packets", "ESP packets received (kernel SA counters)")):
+                m = CounterMetricFamily(f"steerd_tunnel_{name}", doc, labels=LABELS)
+                for t in d.cfg.tunnels:
+                    if t.name in esp:
+                        m.add_metric([t.name, t.wan, t.ha_role], getattr(esp[t.name], name[4:]))
+                ctr[name] = m
         yield from g.values()
         yield from ctr.values()
         ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying traffic",

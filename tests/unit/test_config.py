@@ -102,7 +102,9 @@ dataplane:
   flow_idle_timeout: 2m
   bpffs: /sys/fs/bpf/steerd-test
 ipsec:
-  ike: {proposals: [aes256-sha256-modp2048]}
+  connection_mode: responder-only
+  local_id: {fqdn: pop.example.net}
+  secrets_file: /etc/steerd/ipsec.secrets
 tunnels:
   - name: pri-wan1
     ha_role: primary
@@ -148,14 +150,15 @@ def test_full_config_parses_into_exact_dataclasses():
         events_keep=500,
         tunnels=(
             Tunnel("pri-wan1", "primary", "wan1", "ipsec1", IPv4Address("198.51.100.10"),
-                   IPv4Address("169.254.10.2"), Bandwidth(100.0, 20.0, 100.0), 2.0, line=40),
+                   IPv4Address("169.254.10.2"), Bandwidth(100.0, 20.0, 100.0), 2.0, line=42),
             Tunnel("sec-wan1", "secondary", "wan1", "xfrm-2", IPv6Address("2001:db8::10"),
-                   IPv6Address("fe80::2"), Bandwidth(50.5, None, 40.0), 1.0, line=48),
+                   IPv6Address("fe80::2"), Bandwidth(50.5, None, 40.0), 1.0, line=50),
         ),
         dataplane=DataplaneConfig(mark_mask=0x00700000, table_base=3000, rule_priority=500,
                                   slots=1024, flow_table_size=2048, flow_idle_timeout=120.0,
                                   bpffs="/sys/fs/bpf/steerd-test"),
-        ipsec={"ike": {"proposals": ["aes256-sha256-modp2048"]}},
+        ipsec={"connection_mode": "responder-only", "local_id": {"fqdn": "pop.example.net"},
+               "secrets_file": "/etc/steerd/ipsec.secrets"},
     )
     assert parse_config(FULL, "full.yaml") == expected
 
@@ -251,9 +254,18 @@ def test_relative_rules_and_events_files_are_next_to_the_config(tmp_path):
 
 
 def test_ipsec_section_is_kept_as_plain_data_and_config_stays_hashable():
-    c = parse_config(cfg(top="ipsec:\n  psk_file: /etc/x\n  children: [{a: 1}]\n"))
-    assert c.ipsec == {"psk_file": "/etc/x", "children": [{"a": 1}]}
+    c = parse_config(cfg(top="ipsec:\n  local_id: {fqdn: gw.example.net}\n"
+                             "  secrets_file: /etc/x\n  proposals: {init: automatic, auth: automatic}\n"))
+    assert c.ipsec == {"local_id": {"fqdn": "gw.example.net"}, "secrets_file": "/etc/x",
+                       "proposals": {"init": "automatic", "auth": "automatic"}}
     hash(c)
+
+
+def test_ipsec_problems_come_with_the_rest_of_the_file():
+    with pytest.raises(ValidationError) as exc:
+        parse_config(cfg(top="ipsec:\n  psk_file: /etc/x\n"))
+    keys = {p.key for p in exc.value.problems}
+    assert {"ipsec.local_id", "ipsec.secrets_file", "ipsec.psk_file"} <= keys
 
 
 def test_example_config_parses():

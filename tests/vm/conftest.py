@@ -1,0 +1,92 @@
+"""Fixtures of the real-kernel lab (tests/vm): run inside the VM that
+scripts/vm-run.sh boots (`make test-vm`); on a kernel without XFRM interfaces,
+ESP or netem every test here skips with the reason.
+
+One lab per session (building it and bringing six IKEv2 tunnels up costs tens
+of seconds under emulation) and one steerd per module (bcc compiles its
+classifier in ~10 s there); tests restore what they impair.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+import vmlab
+from measure import MEASURED, measured
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vm: real-kernel lab (XFRM interfaces, ESP, netem, strongSwan); "
+                                       "runs inside the VM booted by `make test-vm`")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if f"tests{os.sep}vm" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+_SUPPORT: tuple[bool, str] | None = None
+
+
+def lab_supported() -> tuple[bool, str]:
+    global _SUPPORT
+    if _SUPPORT is None:
+        _SUPPORT = vmlab.xfrm_supported()
+    return _SUPPORT
+
+
+@pytest.fixture(scope="session")
+def vm_lab():
+    ok, why = lab_supported()
+    if not ok:
+        pytest.skip(f"real-kernel lab unavailable here ({why}); `make test-vm` runs it in a VM")
+    lab = vmlab.VmLab()
+    t0 = time.monotonic()
+    try:
+        lab.up()
+    except BaseException:
+        print(lab.logs())
+        lab.down()
+        raise
+    measured("lab setup", f"{time.monotonic() - t0:.1f} s (namespaces+links+netem "
+             f"{lab.timings.get('namespaces', 0):.1f} s, two charons {lab.timings.get('charon_start', 0):.1f} s, "
+             f"six IKEv2 tunnels up {lab.timings.get('tunnels_up', 0):.1f} s)")
+    yield lab
+    dest = os.environ.get("VM_LOG_DIR")
+    if dest:
+        lab.copy_logs(os.path.join("/run/steerd-vm-logs", "lab"))
+    lab.down()
+
+
+@pytest.fixture(autouse=True)
+def _lab_logs_on_failure(request):
+    """On a failing test print the charons' logs (the guest's files die with it)."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "vm_lab" in request.fixturenames:
+        lab = request.getfixturevalue("vm_lab")
+        print(lab.logs())
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("real-kernel lab: measured")
+        for name, text in MEASURED.items():
+            terminalreporter.write_line(f"{name}: {text}")
+
+
+def copy_to_log_dir(path: str, name: str) -> None:
+    if os.environ.get("VM_LOG_DIR") and os.path.exists(path):
+        os.makedirs("/run/steerd-vm-logs", exist_ok=True)
+        shutil.copy(path, os.path.join("/run/steerd-vm-logs", name))
