@@ -200,7 +200,7 @@ def config_check(path: str, as_json: bool) -> None:
             import os
             if os.path.exists(cfg.rules_file):
                 from .rules import load_rules
-                load_rules(cfg.rules_file, cfg.wans)
+                load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
     except ValidationError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "problems": [p.as_dict() for p in exc.problems]}))

@@ -117,16 +117,16 @@ async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rules_apply(daemon, req: dict[str, Any]) -> dict[str, Any]:
-    from .rules import diff, parse_rules
+    from .rules import RuleSet, diff, parse_rules
     text, path = req.get("text"), str(req.get("path") or "<steerctl>")
     if not isinstance(text, str):
         return {"ok": False, "error": "rules_apply needs 'text' (the rules file content)"}
     try:
-        new = parse_rules(text, path, daemon.cfg.wans)
+        new = parse_rules(text, path, daemon.cfg.wans, set(daemon.cfg.ingress))
     except ValidationError as exc:
         return {"ok": False, "error": "invalid rules, nothing changed",
                 "problems": [p.as_dict() for p in exc.problems], "text": str(exc)}
-    d = diff(daemon.ruleset, new)
+    d = diff(daemon.ruleset or RuleSet((), path), new)
     out = {"ok": True, "dry_run": bool(req.get("dry_run")), "diff": d.as_dict(), "diff_text": d.render()}
     if not req.get("dry_run"):
         t0 = time.monotonic()

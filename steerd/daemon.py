@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -176,14 +177,14 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
         # pyroute2 runs its own asyncio loop: kernel setup goes to a worker thread
-        adopted = await asyncio.to_thread(self.dp.start)
+        adopted = await asyncio.to_thread(self.dp.start, self._rules_before_attach)
         if isinstance(self.dp, KernelDataplane):
             save_layout(self.dp.layout, state_path(self.cfg))
         now = time.monotonic()
         self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
-        self._load_rules_at_start()
-        if not self.ruleset:
-            self.apply_qos()
+        if self.ruleset is not None:
+            self.rulemaps.set_wan_tunnels(self.controller.wan_tunnels())
+        self.apply_qos()
         prog, notes = self.controller.rebalance(self.factors(), now, force=adopted is None)
         self.apply(prog or self._current(), notes)
         self.events.emit("started", "adopted pinned state" if adopted else "fresh start",
@@ -220,11 +221,18 @@ class Daemon:
         return Programming(tuple(s != "down" for s in c.states), None, frozenset(), c.wan_tunnels(),
                            "adopted")
 
-    def _load_rules_at_start(self) -> None:
-        """Rules from `rules_file`; a bad file at start is fatal like a bad config."""
+    def _rules_before_attach(self, prog) -> None:
+        """Rules from `rules_file` go into the maps before the program is attached:
+        the rule maps are not pinned, so a new program must never see traffic
+        with an empty rule set. A bad file at start is fatal like a bad config."""
         if self.cfg.rules_file and os.path.exists(self.cfg.rules_file):
-            from .rules import load_rules
-            self.apply_rules(load_rules(self.cfg.rules_file, self.cfg.wans))
+            from .dataplane.rulemaps import RuleMaps
+            from .rules import compile_rules, load_rules
+            ruleset = load_rules(self.cfg.rules_file, self.cfg.wans, set(self.cfg.ingress))
+            self.rulemaps = RuleMaps(prog.bpf)
+            wans = Controller(self.cfg, time.monotonic()).wan_tunnels()
+            self.rulemaps.apply(compile_rules(ruleset, _ifindexes(self.cfg), self.rulemaps.limits), wans)
+            self.ruleset = ruleset
 
     def apply_qos(self) -> None:
         """Caps and priority bands follow the config and the rules' priorities."""
@@ -242,10 +250,10 @@ class Daemon:
     def apply_rules(self, ruleset) -> int:
         """Swap in a validated rule set (all or nothing, one flip in the data path)."""
         from .rules import compile_rules
-        compiled = compile_rules(ruleset)
         if self.rulemaps is None:
             from .dataplane.rulemaps import RuleMaps
             self.rulemaps = RuleMaps(self.dp.prog.bpf)
+        compiled = compile_rules(ruleset, _ifindexes(self.cfg), self.rulemaps.limits)
         self.rulemaps.apply(compiled, self.controller.wan_tunnels())
         self.ruleset = ruleset
         self.apply_qos()
@@ -259,7 +267,7 @@ class Daemon:
             ruleset = None
             if cfg.rules_file and os.path.exists(cfg.rules_file):
                 from .rules import load_rules
-                ruleset = load_rules(cfg.rules_file, cfg.wans)
+                ruleset = load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
             _check_restart_only(self.cfg, cfg)
         except ValidationError as exc:
             self.config_errors += 1
@@ -336,6 +344,17 @@ class Daemon:
         # reply callbacks carry the tunnel's position: rebind them to the new order
         for i, p in enumerate(self.probers):
             p.on_reply = lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at)
+
+
+def _ifindexes(cfg: SiteConfig) -> dict[str, int]:
+    """Ingress names -> ifindex for rules that match on the ingress interface."""
+    out = {}
+    for name in cfg.ingress:
+        try:
+            out[name] = socket.if_nametoindex(name)
+        except OSError:
+            log.warning("ingress %s not found: its ingress rules match nothing for now", name)
+    return out
 
 
 def _check_restart_only(old: SiteConfig, new: SiteConfig) -> None:

@@ -54,7 +54,8 @@ def rules(daemon) -> list[dict[str, Any]]:
     hits = daemon.rulemaps.hits() if daemon.rulemaps else {}
     out = []
     for r in daemon.ruleset.rules:
-        d = r.as_dict() if hasattr(r, "as_dict") else {"name": r.name}
+        d = r.as_dict()
+        d["summary"] = " ".join(f"{k} {','.join(map(str, v))}" for k, v in r.match.as_dict().items()) or "any"
         d["hits"] = hits.get(r.name, 0)
         out.append(d)
     return out

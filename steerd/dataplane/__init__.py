@@ -83,7 +83,7 @@ class SlotTable:
 
 
 class Dataplane(Protocol):
-    def start(self) -> SlotTable | None: ...
+    def start(self, before_attach=None) -> SlotTable | None: ...
     def set_usable(self, usable: list[bool]) -> None: ...
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int: ...
     def counters(self) -> list[tuple[int, int]]: ...
@@ -112,9 +112,9 @@ class KernelDataplane:
         self.slots = SlotTable([0xFFFFFFFF] * layout.nslots, [0] * layout.nslots)
         self.usable = [False] * len(layout.tunnels)
 
-    def start(self) -> SlotTable | None:
+    def start(self, before_attach=None) -> SlotTable | None:
         """Load the program (adopting pinned maps), program marks, ranges and routes,
-        attach to ingress. Returns the slot table found in pinned maps, if any,
+        call *before_attach(classifier)* (rules go in there), attach to ingress. Returns the slot table found in pinned maps, if any,
         so the daemon continues from it instead of moving flows."""
         lay = self.layout
         self.prog = Classifier(ProgramParams(lay.pin_dir, max_slots=max(lay.nslots, 64),
@@ -128,6 +128,8 @@ class KernelDataplane:
                        list(lay.ranges), lay.mark_mask, lay.rule_priority)
         if adopted:
             self.slots = adopted
+        if before_attach:
+            before_attach(self.prog)
         for ifname in lay.ingress:
             tc.attach(ifname, self.prog.fd)
         log.info("classifier attached to %s; %d tunnels, %d slots%s", ",".join(lay.ingress),
@@ -305,7 +307,7 @@ class FakeDataplane:
     slots: SlotTable | None = None
     packets: list[tuple[int, int]] = field(default_factory=list)
 
-    def start(self) -> SlotTable | None:
+    def start(self, before_attach=None) -> SlotTable | None:
         n = self.layout.nslots
         self.slots = SlotTable([0xFFFFFFFF] * n, [0] * n)
         self.usable = [False] * len(self.layout.tunnels)

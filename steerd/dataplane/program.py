@@ -32,7 +32,6 @@ class ProgramParams:
     pin_dir: str
     max_slots: int = 4096
     flow_table_size: int = 65536
-    max_rules: int = 16384
 
     def cflags(self, with_rules: bool) -> list[str]:
         flags = [
@@ -40,7 +39,6 @@ class ProgramParams:
             f"-DMAX_SLOTS={self.max_slots}",
             f"-DMAX_TUNNELS={MAX_TUNNELS}",
             f"-DFLOW_TABLE_SIZE={self.flow_table_size}",
-            f"-DMAX_RULES={self.max_rules}",
             f'-DPIN_DIR="{self.pin_dir}"',
         ]
         if with_rules:
@@ -87,9 +85,12 @@ class Classifier:
 
         ensure_bpffs(params.pin_dir)
         self.params = params
+        from .rulemaps import inline_includes, rules_cflags
         self.with_rules = (ebpf_dir() / "rules.h").exists()
-        self.bpf = BPF(src_file=str(ebpf_dir() / "steer.c").encode(),
-                       cflags=params.cflags(self.with_rules))
+        # bcc rewrites map calls only in its main file: headers are pasted in
+        src = inline_includes((ebpf_dir() / "steer.c").read_text(), ebpf_dir())
+        cflags = params.cflags(self.with_rules) + (rules_cflags() if self.with_rules else [])
+        self.bpf = BPF(text=src.encode(), cflags=cflags)
         self.fn = self.bpf.load_func("steer", BPF.SCHED_CLS)
         self.fd: int = self.fn.fd
         # egress classifier for capped tunnels (HTB priority bands)

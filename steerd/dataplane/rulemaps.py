@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from bcc.libbcc import lib
 from bcc.utils import get_possible_cpus
 
-from steerd.rules import NFIELDS, NO_TUNNEL, CompiledRules, Limits
+from steerd.rules import F_DPORT, F_SPORT, NFIELDS, NO_TUNNEL, CompiledRules, Limits
 
 #: Where the matcher's C lives.
 EBPF_DIR = Path(__file__).resolve().parents[2] / "ebpf"
@@ -52,7 +52,8 @@ def inline_includes(src: str, base_dir: str | Path = EBPF_DIR, _seen: set[str] |
 def rules_cflags(limits: Limits = Limits()) -> list[str]:
     """The -D flags that size the matcher's maps (pass them to bcc's BPF())."""
     return [f"-DMAX_RULES={limits.max_rules}", f"-DRL_MAX_BITMAPS={limits.max_bitmaps}",
-            f"-DRL_MAX_WORDS={limits.max_words}", f"-DRL_MAX_PREFIXES={limits.max_prefixes}"]
+            f"-DRL_MAX_WORDS={limits.max_words}", f"-DRL_MAX_CHUNKS={limits.max_chunks}",
+            f"-DRL_MAX_CHUNKS6={limits.max_chunks6}"]
 
 
 def _buf(a: Any) -> ct.c_void_p:
@@ -66,7 +67,7 @@ class _Map:
     """A bcc table seen as fd + sizes; batch ops on raw buffers."""
 
     def __init__(self, bpf: Any, name: str):
-        t = bpf[name]
+        t = bpf[name.encode()]
         self.name = name
         self.fd = t.map_fd
         self.max_entries = t.max_entries
@@ -111,7 +112,7 @@ def _keys(start: int, count: int) -> array:
 class RuleMaps:
     """The live rule tables of one loaded program (a bcc.BPF with rules.h inside)."""
 
-    _NAMES = ("rl_active", "rl_cfg", "rl_src4", "rl_dst4", "rl_src6", "rl_dst6", "rl_sport",
+    _NAMES = ("rl_active", "rl_cfg", "rl_dir4", "rl_chunk4", "rl_dir6", "rl_chunk6", "rl_sport",
               "rl_dport", "rl_proto", "rl_dscp", "rl_ingress", "rl_bm", "rl_words", "rl_ubase",
               "rl_rules", "rl_wan", "rl_hits")
 
@@ -119,16 +120,21 @@ class RuleMaps:
         self.m = {n: _Map(bpf, n) for n in self._NAMES}
         m = self.m
         self.ncpus = len(get_possible_cpus())
-        self.limits = Limits(max_rules=m["rl_rules"].max_entries // 2,
-                             max_bitmaps=m["rl_bm"].max_entries // 2,
-                             max_words=m["rl_words"].max_entries // 2,
-                             max_prefixes=m["rl_src4"].max_entries,
+        max_rules = m["rl_rules"].max_entries // 2
+        nsum = (max_rules // 64 + 63) // 64
+        self._hdr_size = (12 * nsum + 7) // 8 * 8          # sizeof(struct rl_bm)
+        # the big tables are one value per set: capacities follow from value sizes
+        self.limits = Limits(max_rules=max_rules,
+                             max_bitmaps=m["rl_bm"].value_size // self._hdr_size,
+                             max_words=m["rl_words"].value_size // 8,
+                             max_chunks=m["rl_chunk4"].value_size // 64,
+                             max_chunks6=m["rl_chunk6"].value_size // 64,
                              max_wans=m["rl_wan"].max_entries // 2,
                              max_ingress=m["rl_ingress"].max_entries)
-        # what each half holds, so the next fill can delete stale LPM/hash keys
-        self._lpm_keys: list[dict[str, tuple[bytearray, int]]] = [{}, {}]
+        # what each half holds, so the next fill can delete stale hash keys
         self._ingress_keys: list[tuple[array, int]] = [(array("I"), 0), (array("I"), 0)]
         self._compiled: list[CompiledRules | None] = [None, None]
+        self._wans_written: list[array | None] = [None, None]
         self._active = 0
         self._gen = 0
         self._flipped_at = 0.0
@@ -183,10 +189,14 @@ class RuleMaps:
         """Update the active set's wan -> tunnel table in place (link/HA change),
         then bump the generation so cached per-flow decisions are dropped.
         Written wan first, generation last: a packet that sees the new
-        generation also sees the new table."""
+        generation also sees the new table. Nothing happens (no syscall, no
+        new generation) when the table would not change: the daemon calls this
+        on every rebalance."""
         c = self._compiled[self._active]
         self._wan_tunnels = dict(wan_tunnels)
         if c is None:
+            return
+        if self._wan_table(c, wan_tunnels) == self._wans_written[self._active]:
             return
         self._write_wans(self._active, c, wan_tunnels)
         self._gen += 1
@@ -208,56 +218,63 @@ class RuleMaps:
     def _write_cfg(self, s: int, gen: int, nrules: int, used: int, ingress_default: int) -> None:
         self.m["rl_cfg"].update(array("I", [s]), array("I", [gen, nrules, used, ingress_default]), 1)
 
-    def _write_wans(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
-        n = self.limits.max_wans
-        vals = array("I", [NO_TUNNEL] * n)
+    def _wan_table(self, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> array:
+        vals = array("I", [NO_TUNNEL] * self.limits.max_wans)
         for name, wid in c.wan_ids.items():
             t = wan_tunnels.get(name)
             if t is not None:
                 vals[wid] = t
+        return vals
+
+    def _write_wans(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+        n = self.limits.max_wans
+        vals = self._wan_table(c, wan_tunnels)
         self.m["rl_wan"].update(_keys(s * n, n), vals, n)
+        self._wans_written[s] = vals
 
     def _fill(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
         lim, m, lay = self.limits, self.m, c.layout
         # 1. stale keys of this half (from two applies ago) would still match: delete
-        for name, (keys, count) in self._lpm_keys[s].items():
-            m[name].delete(keys, count)
-        self._lpm_keys[s] = {}
+        #    (every other table is an array, overwritten or never read past its end)
         ik, icount = self._ingress_keys[s]
         m["rl_ingress"].delete(ik, icount)
         self._ingress_keys[s] = (array("I"), 0)
-        # 2. bitmaps: sparse S headers, their words, the dense U per field
+        # 2. bitmaps: sparse S headers, their words, the dense U per field;
+        #    each is one whole map value per set (struct rl_bmtab etc.)
         nb, nsum = len(c.bitmaps), lim.nsum
-        hdr_size = m["rl_bm"].value_size
-        hdr = bytearray(hdr_size * nb)
-        pad = hdr_size - 12 * nsum
+        hdr = bytearray(m["rl_bm"].value_size)
+        pad = bytes(self._hdr_size - 12 * nsum)
         sums, bases = lay.bm_sum.tobytes(), lay.bm_base.tobytes()
-        hdr[:] = b"".join(sums[i * 8 * nsum:(i + 1) * 8 * nsum] + bases[i * 4 * nsum:(i + 1) * 4 * nsum]
-                          + bytes(pad) for i in range(nb))
-        m["rl_bm"].update(_keys(s * lim.max_bitmaps, nb), hdr, nb)
-        m["rl_words"].update(_keys(s * lim.max_words, len(lay.words)), lay.words, len(lay.words))
-        ub = bytearray(b"".join(lay.ubase[f][0].tobytes() + lay.ubase[f][1].tobytes()
-                                for f in range(NFIELDS)))
-        m["rl_ubase"].update(_keys(s * NFIELDS, NFIELDS), ub, NFIELDS)
+        blob = b"".join(sums[i * 8 * nsum:(i + 1) * 8 * nsum] + bases[i * 4 * nsum:(i + 1) * 4 * nsum]
+                        + pad for i in range(nb))
+        hdr[:len(blob)] = blob
+        m["rl_bm"].update(_keys(s, 1), hdr, 1)
+        words = bytearray(m["rl_words"].value_size)
+        wb = lay.words.tobytes()
+        words[:len(wb)] = wb
+        m["rl_words"].update(_keys(s, 1), words, 1)
+        # struct rl_ubm: sum[RL_NF][RL_NSUM] then w[RL_NF][RL_NWORDS]
+        ub = bytearray(b"".join(lay.ubase[f][0].tobytes() for f in range(NFIELDS))
+                       + b"".join(lay.ubase[f][1].tobytes() for f in range(NFIELDS)))
+        m["rl_ubase"].update(_keys(s, 1), ub, 1)
         # 3. field tables (fields no rule uses are never looked up: skip them)
-        for name, entries, width in (("rl_src4", c.src4, 4), ("rl_dst4", c.dst4, 4),
-                                     ("rl_src6", c.src6, 16), ("rl_dst6", c.dst6, 16)):
-            if not entries:
-                continue
-            # struct rl_key{4,6}: prefixlen covers the set word too; address as on the wire
-            sword = s.to_bytes(4, "little")
-            keys = bytearray(b"".join((32 + plen).to_bytes(4, "little") + sword
-                                      + net.to_bytes(width, "big")
-                                      for net, plen, _ in entries))
-            vals = array("I", [bid for _, _, bid in entries])
-            m[name].update(keys, vals, len(entries))
-            self._lpm_keys[s][name] = (keys, len(entries))
-        for name, runs in (("rl_sport", c.sport), ("rl_dport", c.dport)):
-            if len(runs) > 1 or runs[0][2]:
+        for dir_map, chunk_map, (l1_src, l1_dst, pool) in (("rl_dir4", "rl_chunk4", c.dir4),
+                                                          ("rl_dir6", "rl_chunk6", c.dir6)):
+            for which, l1 in enumerate((l1_src, l1_dst)):
+                if l1:
+                    m[dir_map].update(_keys((s * 2 + which) * 65536, 65536), l1, 65536)
+            if pool:
+                chunks = bytearray(m[chunk_map].value_size)
+                pb = pool.tobytes()
+                chunks[:len(pb)] = pb
+                m[chunk_map].update(_keys(s, 1), chunks, 1)
+        for name, fld, per_class in (("rl_sport", F_SPORT, c.sport), ("rl_dport", F_DPORT, c.dport)):
+            if c.used & (1 << fld):
                 vals = array("I")
-                for lo, hi, bid in runs:
-                    vals.extend(array("I", [bid]) * (hi - lo + 1))
-                m[name].update(_keys(s * 65536, 65536), vals, 65536)
+                for runs in per_class:             # 4 port classes, 65536 ports each
+                    for lo, hi, bid in runs:
+                        vals.extend(array("I", [bid]) * (hi - lo + 1))
+                m[name].update(_keys(s * 4 * 65536, 4 * 65536), vals, 4 * 65536)
         m["rl_proto"].update(_keys(s * 256, 256), array("I", c.proto), 256)
         m["rl_dscp"].update(_keys(s * 64, 64), array("I", c.dscp), 64)
         if c.ingress:
@@ -270,8 +287,8 @@ class RuleMaps:
         # 4. per-rule actions, wan table, zeroed hit counters
         n = c.nrules
         acts = array("I")
-        for wan, fb, fbw in c.actions:
-            acts.extend((wan, fb, fbw, 0))
+        for action in c.actions:                 # struct rl_rule {wan, fb_kind, fb_wan, prio}
+            acts.extend(action)
         m["rl_rules"].update(_keys(s * lim.max_rules, n), acts, n)
         self._write_wans(s, c, wan_tunnels)
         zeros = bytearray(8 * self.ncpus * n)

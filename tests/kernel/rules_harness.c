@@ -5,12 +5,14 @@
  * ctx in : cb[0] = ifindex to classify as (0: skb->ifindex), since test runs
  *          can only use ifindexes that exist.
  * ctx out: mark = kind << 28 | (tunnel & 0xff) << 20 | (rule & 0xfffff)
- *          cb[1] = gen, cb[2] = rule, cb[3] = tunnel, cb[4] = kind
- *          mark = 0xffffffff when the packet is not IPv4/IPv6. */
+ *          cb[1] = gen, cb[2] = rule, cb[3] = tunnel, cb[4] = kind,
+ *          priority = the rule's prio
+ *          mark = 0xffffffff when the packet is not IPv4/IPv6.
+ * rules_harness_nocount: the same through rules_eval(..., 0) (no hit counted). */
 #include "pkt.h"
 #include "rules.h"
 
-int rules_harness(struct __sk_buff *skb)
+static __always_inline int harness(struct __sk_buff *skb, int count_hits)
 {
     struct pkt p = {};
     struct rule_verdict v;
@@ -20,13 +22,27 @@ int rules_harness(struct __sk_buff *skb)
         skb->mark = 0xffffffff;
         return TC_ACT_OK;
     }
-    rules_decide(&p, ifindex, &v);
+    if (count_hits)
+        rules_decide(&p, ifindex, &v);
+    else
+        rules_eval(&p, ifindex, &v, 0);
     skb->mark = (v.kind << 28) | ((v.tunnel & 0xff) << 20) | (v.rule & 0xfffff);
     skb->cb[1] = v.gen;
     skb->cb[2] = v.rule;
     skb->cb[3] = v.tunnel;
     skb->cb[4] = v.kind;
+    skb->priority = v.prio;
     return TC_ACT_OK;
+}
+
+int rules_harness(struct __sk_buff *skb)
+{
+    return harness(skb, 1);
+}
+
+int rules_harness_nocount(struct __sk_buff *skb)
+{
+    return harness(skb, 0);
 }
 
 /* Same harness without the matcher: the benchmark's floor. */
