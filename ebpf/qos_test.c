@@ -23,8 +23,9 @@ BPF_ARRAY(prio_class, u32, 256);
 BPF_HASH(port_prio, u16, u32, 256);
 BPF_ARRAY(proto_prio, u32, 256);
 BPF_ARRAY(qos_seen, u64, 256);       /* packets per priority index (0 = unmatched) */
-BPF_ARRAY(qos_iif, u32, 1);          /* skb->ingress_ifindex of the last packet (the
-                                        rules' ingress field at egress: must be the LAN side) */
+BPF_ARRAY(qos_iif, u32, 1);          /* skb->ingress_ifindex of the last forwarded packet
+                                        (the rules' ingress field at egress: must be the LAN
+                                        side; the gateway's own packets, e.g. IPv6 ND, have 0) */
 
 static __always_inline int qos_parse_net(struct __sk_buff *skb, struct pkt *p)
 {
@@ -78,7 +79,8 @@ int qos_test_classify(struct __sk_buff *skb)
         return TC_ACT_UNSPEC;            /* not IP: HTB's default class */
     /* --- stand-in for: rules_eval(&p, skb->ingress_ifindex, &v, 0); prio = v.prio */
     u32 zero = 0, iif = skb->ingress_ifindex;
-    qos_iif.update(&zero, &iif);
+    if (iif)
+        qos_iif.update(&zero, &iif);
     u32 proto = p.proto;
     u32 *pp = proto_prio.lookup(&proto);
     if (pp && *pp)

@@ -1,0 +1,142 @@
+"""Forwarding throughput through the lab gateway with iperf3 (many parallel TCP
+flows), for: no classifier; steerd with N rules; and an nftables mangle chain
+that marks the same traffic with the same N rules the way mwan3/VyOS do
+(conntrack restore first, so only a connection's first packet walks the chain;
+and, as a second row, the chain walked by every packet). Same lab, same run,
+same destination (which matches no rule: the common "everything else" case).
+
+    tests/bench/throughput [--rules 10000] [--seconds 10] [--parallel 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "bench")]
+
+from rulegen import rules_yaml  # noqa: E402
+
+from steerd.lab.netns import ns_popen, ns_sh  # noqa: E402
+from steerd.lab.runner import SteerdProcess  # noqa: E402
+from steerd.lab.topology import Lab  # noqa: E402
+from steerd.rules import parse_rules  # noqa: E402
+
+DST = "10.20.200.1"   # inside the steered range, matched by no generated rule
+WAN_MARK = {"wan1": 1 << 24, "wan2": 2 << 24, "wan3": 3 << 24}
+
+
+def iperf(lab: Lab, seconds: float, parallel: int) -> float:
+    server = ns_popen(lab.site, ["iperf3", "-s", "-1", "-B", DST], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    out = ns_sh(lab.core, "iperf3", "-c", DST, "-t", str(seconds), "-P", str(parallel), "-J")
+    server.wait(10)
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def _set(items: list[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def nft_rule(rule) -> list[str]:
+    """One steerd rule as nftables statement(s) (one per address family used)."""
+    m = rule.match
+    out = []
+    fams = {n.version for n in m.src + m.dst + m.src_not + m.dst_not} or {4, 6}
+    for fam in sorted(fams):
+        ip = "ip" if fam == 4 else "ip6"
+        parts = []
+        for key, nets, neg in (("saddr", m.src, ""), ("saddr", m.src_not, "!= "),
+                               ("daddr", m.dst, ""), ("daddr", m.dst_not, "!= ")):
+            sel = [str(n) for n in nets if n.version == fam]
+            if sel:
+                parts.append(f"{ip} {key} {neg}{_set(sel)}")
+        if m.proto is not None:
+            parts.append(f"meta l4proto {_set([str(p) for p in sorted(m.proto)])}")
+        for key, ranges in (("sport", m.src_port), ("dport", m.dst_port)):
+            if ranges:
+                parts.append(f"th {key} {_set([f'{lo}-{hi}' if lo != hi else str(lo) for lo, hi in ranges])}")
+        if m.dscp is not None:
+            parts.append(f"{ip} dscp {_set([str(d) for d in sorted(m.dscp)])}")
+        mark = WAN_MARK[rule.wan]
+        out.append(" ".join(parts) + f" meta mark set {mark:#x} ct mark set {mark:#x} accept")
+    return out
+
+
+def nft_ruleset(ruleset, conntrack: bool) -> str:
+    lines = ["table inet sdbench {", "  chain rules {"]
+    for r in ruleset.rules:
+        lines += ["    " + s for s in nft_rule(r)]
+    # balance what no rule took, per new connection, in proportion to the weights
+    lines.append("    meta mark set numgen random mod 175 map { 0-99 : 0x1000000, 100-149 : 0x2000000, "
+                 "150-174 : 0x3000000 } ct mark set meta mark")
+    lines.append("  }")
+    lines.append("  chain pre { type filter hook prerouting priority mangle; policy accept;")
+    lines.append('    iifname != "core0" return')
+    if conntrack:
+        lines.append("    ct mark != 0 meta mark set ct mark accept")
+    lines.append("    jump rules")
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def policy_routes(lab: Lab) -> None:
+    for i, t in enumerate(("tun-p1", "tun-p2", "tun-p3")):
+        ns_sh(lab.gw, "ip", "route", "add", "10.20.0.0/16", "dev", t, "table", str(2101 + i))
+        ns_sh(lab.gw, "ip", "rule", "add", "fwmark", f"{(i + 1) << 24:#x}/0xf000000",
+              "lookup", str(2101 + i), "pref", "2100")
+
+
+def run(mode: str, n: int, seconds: float, parallel: int) -> float:
+    lab = Lab("sdbtp").up()
+    steerd = None
+    try:
+        text = rules_yaml(n)
+        if mode == "none":
+            ns_sh(lab.gw, "ip", "route", "add", "10.20.0.0/16", "dev", "tun-p1")
+        elif mode == "steerd":
+            path = os.path.join(lab.run_dir, "rules.yaml")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            steerd = SteerdProcess(lab, lab.write_config(lab.config(rules_file=path)))
+        else:
+            policy_routes(lab)
+            rs = parse_rules(text, "bench.yaml")
+            ns_sh(lab.gw, "nft", "-f", "-", input=nft_ruleset(rs, conntrack=mode == "nft-ct"))
+        return iperf(lab, seconds, parallel)
+    finally:
+        if steerd:
+            steerd.stop()
+            steerd.cleanup()
+        lab.down()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rules", type=int, default=10000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--parallel", type=int, default=32)
+    a = ap.parse_args()
+    modes = [("none", "no classifier (main-table route)"),
+             ("steerd", f"steerd, {a.rules} rules"),
+             ("nft-ct", f"nftables chain, {a.rules} rules, ct mark restore (mwan3)"),
+             ("nft", f"nftables chain, {a.rules} rules, every packet")]
+    results = {m: run(m, a.rules, a.seconds, a.parallel) for m, _ in modes}
+    base = results["none"]
+    print(f"\nthroughput through the lab gateway, iperf3 -P {a.parallel}, {a.seconds:.0f} s each")
+    print(f"{'setup':<58} {'Mbit/s':>9} {'x none':>7}")
+    for m, label in modes:
+        print(f"{label:<58} {results[m]:9.0f} {results[m] / base:7.3f}")
+    ok = results["steerd"] >= 0.95 * base
+    print(f"goal: steerd >= 0.95 x no classifier: {'OK' if ok else 'MISSED'}; "
+          f"steerd / nft-ct = {results['steerd'] / results['nft-ct']:.2f}, "
+          f"steerd / nft (every packet) = {results['steerd'] / results['nft']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
