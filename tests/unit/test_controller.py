@@ -68,3 +68,15 @@ def test_every_tunnel_down_keeps_last_slot_table():
     assert prog.slots is None  # keep what is programmed
     assert prog.usable == (False,) * 5 + (True,)  # the last good set, not "nothing"
     assert c.slots is not None
+
+
+def test_failback_policy_migrate_moves_secondary_flows_back():
+    c = Controller(cfg(failback_hold="30s", failback="migrate"), now=0.0)
+    c.rebalance([1.0] * 6, now=0.0)
+    for i in range(3):
+        c.link_state(i, "down", now=1.0)
+    c.link_state(0, "up", now=2.0)
+    prog, notes = c.tick(now=32.5)
+    assert any(n.type == "ha_failback" for n in notes)
+    assert prog.keep_flows_of == frozenset()   # every slot that changes hands re-decides its flows
+    assert set(prog.slots) == {0}
