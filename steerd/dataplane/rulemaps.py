@@ -43,6 +43,8 @@ def inline_includes(src: str, base_dir: str | Path = EBPF_DIR, _seen: set[str] |
         path = (base / m.group(1)).resolve()
         if str(path) in seen:
             return ""
+        if not path.exists():
+            return m.group(0)  # e.g. rules.h absent: its #include sits under #ifdef WITH_RULES
         seen.add(str(path))
         return inline_includes(path.read_text(), path.parent, seen)
 
