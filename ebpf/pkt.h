@@ -30,6 +30,13 @@ struct pkt {
 
 struct ports { u16 sport; u16 dport; };
 
+/* Protocols whose first 4 L4 bytes are source and destination port. */
+static __always_inline int has_l4_ports(u8 proto)
+{
+    return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
+           proto == IPPROTO_SCTP || proto == 136 /* UDP-Lite */;
+}
+
 /* Returns 0 when the packet is IPv4 or IPv6 and *p is filled, -1 otherwise. */
 static __always_inline int parse_pkt(struct __sk_buff *skb, struct pkt *p)
 {
@@ -68,8 +75,7 @@ static __always_inline int parse_pkt(struct __sk_buff *skb, struct pkt *p)
     } else {
         return -1;
     }
-    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
-                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
+    if (has_ports && has_l4_ports(p->proto)) {
         struct ports pt;
         if (bpf_skb_load_bytes(skb, l4off, &pt, sizeof(pt)) == 0) {
             p->sport = bpf_ntohs(pt.sport);
@@ -113,8 +119,7 @@ static __always_inline int parse_pkt_net(struct __sk_buff *skb, struct pkt *p)
     } else {
         return -1;
     }
-    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
-                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
+    if (has_ports && has_l4_ports(p->proto)) {
         struct ports pt;
         if (bpf_skb_load_bytes_relative(skb, l4off, &pt, sizeof(pt), BPF_HDR_START_NET) == 0) {
             p->sport = bpf_ntohs(pt.sport);

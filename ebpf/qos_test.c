@@ -27,55 +27,12 @@ BPF_ARRAY(qos_iif, u32, 1);          /* skb->ingress_ifindex of the last forward
                                         (the rules' ingress field at egress: must be the LAN
                                         side; the gateway's own packets, e.g. IPv6 ND, have 0) */
 
-static __always_inline int qos_parse_net(struct __sk_buff *skb, struct pkt *p)
-{
-    u32 l4off;
-    int has_ports = 0;
-
-    p->len = skb->len;
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        struct iphdr ip;
-        if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET) < 0)
-            return -1;
-        p->family = 4;
-        p->src[0] = ip.saddr;
-        p->dst[0] = ip.daddr;
-        p->proto = ip.protocol;
-        p->dscp = ip.tos >> 2;
-        l4off = ip.ihl * 4;
-        /* only the first fragment carries the L4 header */
-        has_ports = (ip.frag_off & bpf_htons(0x1fff)) == 0;
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr ip6;
-        if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET) < 0)
-            return -1;
-        p->family = 6;
-        __builtin_memcpy(p->src, &ip6.saddr, 16);
-        __builtin_memcpy(p->dst, &ip6.daddr, 16);
-        p->proto = ip6.nexthdr;
-        p->dscp = ((ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
-        l4off = sizeof(ip6);
-        has_ports = 1;
-    } else {
-        return -1;
-    }
-    if (has_ports && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
-                      p->proto == IPPROTO_SCTP || p->proto == 136 /* UDP-Lite */)) {
-        struct ports pt;
-        if (bpf_skb_load_bytes_relative(skb, l4off, &pt, sizeof(pt), BPF_HDR_START_NET) == 0) {
-            p->sport = bpf_ntohs(pt.sport);
-            p->dport = bpf_ntohs(pt.dport);
-        }
-    }
-    return 0;
-}
-
 int qos_test_classify(struct __sk_buff *skb)
 {
     struct pkt p = {};
     u32 prio = 0;
 
-    if (qos_parse_net(skb, &p) < 0)
+    if (parse_pkt_net(skb, &p) < 0)
         return TC_ACT_UNSPEC;            /* not IP: HTB's default class */
     /* --- stand-in for: rules_eval(&p, skb->ingress_ifindex, &v, 0); prio = v.prio */
     u32 zero = 0, iif = skb->ingress_ifindex;

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from bcc.libbcc import lib as _lib
 
+from ..probe import checksum
+
 
 class SkBuff(ct.Structure):
     """``struct __sk_buff`` from linux/bpf.h (kernel 6.x layout, 192 bytes)."""
@@ -93,15 +95,6 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, int, in
 _PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def build_packet(src: str, dst: str, proto: int | str = "udp", sport: int = 0, dport: int = 0,
                  dscp: int = 0, payload: bytes = b"", frag_offset: int = 0) -> bytes:
     """Ethernet + IPv4/IPv6 + TCP/UDP/ICMP(v6) (any other protocol: bare payload).
@@ -127,7 +120,7 @@ def build_packet(src: str, dst: str, proto: int | str = "udp", sport: int = 0, d
     if s.version == 4:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, dscp << 2, 20 + len(body), 1,
                           frag_offset & 0x1FFF, 64, p, 0, s.packed, d.packed)
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         return eth + b"\x08\x00" + hdr + body
     vtf = (6 << 28) | (dscp << 22)
     hdr = struct.pack("!IHBB16s16s", vtf, len(body), p, 64, s.packed, d.packed)
