@@ -147,6 +147,15 @@ BPF_ARRAY(rl_rules, struct rl_rule, 2 * MAX_RULES);  /* [set * MAX_RULES + rule]
 BPF_ARRAY(rl_wan, u32, 2 * RL_MAX_WANS);             /* [set * RL_MAX_WANS + wan id] -> tunnel */
 BPF_PERCPU_ARRAY(rl_hits, u64, 2 * MAX_RULES);       /* [set * MAX_RULES + rule] */
 
+/* The fields' S ids of the packet being matched. In a map value, not on the
+ * stack: the verifier knows nothing of a value it reads from a map, so the
+ * search loop below is verified once whatever branches of rl_field_ids led
+ * to it. On the stack each combination of looked-up and zero ids is a state
+ * of its own, and kernel 6.1, which prunes them less than 6.18, gives up at
+ * 1M instructions (with steer.c's pkt_scratch: 0.10M with this, > 1M without). */
+struct rl_sids { u32 sid[RL_NF]; };
+BPF_PERCPU_ARRAY(rl_sids, struct rl_sids, 1);
+
 /* BPF has no popcount/ctz instruction; LLVM's expansion may use a lookup
  * table in .rodata, which bcc cannot load, so spell the SWAR version out. */
 static __always_inline u64 rl_popcnt(u64 x)
@@ -181,14 +190,22 @@ static __always_inline u32 rl_chunk_step(const struct rl_chunktab *ct, u32 v, u3
 {
     if (!(v & RL_CHUNK))
         return v;
-    return R_CHUNK(ct, ((v & ~RL_CHUNK) << 4) | nibble);
+    u32 i = ((v & ~RL_CHUNK) << 4) | nibble;
+
+    /* R_CHUNK's mask must come after the OR: clang would hoist it above, and
+     * the 6.1 verifier loses all bounds of an OR of two bounded scalars */
+    asm volatile("" : "+r"(i));
+    return R_CHUNK(ct, i);
 }
 
 static __always_inline u32 rl_chunk6_step(const struct rl_chunktab6 *ct, u32 v, u32 nibble)
 {
     if (!(v & RL_CHUNK))
         return v;
-    return R_CHUNK6(ct, ((v & ~RL_CHUNK) << 4) | nibble);
+    u32 i = ((v & ~RL_CHUNK) << 4) | nibble;
+
+    asm volatile("" : "+r"(i));   /* as in rl_chunk_step */
+    return R_CHUNK6(ct, i);
 }
 
 /* IPv4 longest-prefix match: the S id of the longest prefix covering addr.
@@ -320,8 +337,15 @@ static __always_inline void rl_field_ids(const struct pkt *p, u32 ifindex, u32 s
 static __always_inline u32 rl_first_match(const struct pkt *p, u32 ifindex, u32 set,
                                            const struct rl_cfg *cfg)
 {
-    u32 sid[RL_NF] = {};
+    u32 zero = 0;
+    struct rl_sids *sv = rl_sids.lookup(&zero);
+    if (!sv)
+        return RL_NONE;
+    u32 *sid = sv->sid;
 
+#pragma unroll
+    for (int f = 0; f < RL_NF; f++)
+        sid[f] = 0;
     rl_field_ids(p, ifindex, set, cfg, sid);
     struct rl_ubm *ub = rl_ubase.lookup(&set);
     struct rl_bmtab *bmt = rl_bm.lookup(&set);

@@ -77,8 +77,8 @@ class HealthConfig:
     latency_ms: float = 600.0
     suspect_factor: float = 3.0       # reply later than factor x smoothed RTT -> suspect
     suspect_floor: float = 0.05       # seconds; lower bound of that adaptive deadline
-    confirm_interval: float = 0.1     # seconds between confirmation probes of a suspect
-    confirm_misses: int = 4           # consecutive confirmation misses -> down
+    confirm_interval: float = 0.015   # seconds between confirmation probes of a suspect
+    confirm_misses: int = 14          # consecutive confirmation misses -> down
     recover_successes: int = 5        # consecutive successes before down -> up
     initial_state: str = "up"         # up | down
 

@@ -91,7 +91,10 @@ the outage. Going down is never delayed.
 
 ``health_factor``: 1.0 up, 0.0 down; degraded: the smallest
 sqrt(threshold / measured) over the broken metrics (TCP goodput ~ 1/sqrt(loss)),
-clamped to [0.1, 0.9]. 40 % loss -> ~0.27, 10 % -> ~0.55.
+clamped to [0.1, 0.9]. 40 % loss -> ~0.27, 10 % -> ~0.55. The loss behind
+the factor covers every regular probe since the link became degraded plus the
+window that degraded it, up to ``FACTOR_HORIZON``: a 10-probe window alone
+swings by +-15 points at 40 % loss and would make the weight wander.
 
 Statistics: over the last ``probe.window`` completed regular samples in send
 order, not counting past a probe still in flight (otherwise, with 100 ms probes
@@ -103,6 +106,7 @@ Confirmation probes feed SRTT and the suspicion only, so they do not bias it.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 import math
@@ -122,6 +126,7 @@ FALSE_DOWN_PER_PROBE = 1e-7   # target p_hat**(N+1) per regular probe
 MAX_CONFIRMATIONS = 30        # beyond that the link is as good as dead anyway
 LOSS_HISTORY = 200            # regular samples behind the long loss estimate
 PRIOR_LOST, PRIOR_N = 1.0, 10.0    # p_hat starts at 10 %
+FACTOR_HORIZON = 60.0         # s of probes at most behind a degraded link's loss factor
 DEGRADED_HOLD_MIN = 10.0      # s of SLA compliance before degraded -> up
 SOFT_CHANGES, SOFT_PERIOD = 2, 60.0   # at most 2 up<->degraded changes per 60 s
 FACTOR_FLOOR, DEGRADED_FACTOR_MAX = 0.1, 0.9
@@ -206,6 +211,7 @@ class LinkMonitor:
         self._stats: LinkStats | None = None
         self._history: deque[bool] = deque(maxlen=LOSS_HISTORY)   # True = lost
         self._history_lost = 0
+        self._degraded_run = 0    # regular samples since the link became degraded
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._next_regular = now                  # first probe at once
@@ -328,8 +334,8 @@ class LinkMonitor:
             return 0.0
         if self.state == UP:
             return 1.0
-        f = self._sla_factor(self.stats())
-        return min(DEGRADED_FACTOR_MAX, max(FACTOR_FLOOR, f))
+        st = dataclasses.replace(self.stats(), loss_ratio=self._sustained_loss())
+        return min(DEGRADED_FACTOR_MAX, max(FACTOR_FLOOR, self._sla_factor(st)))
 
     def loss_estimate(self, exclude: int = -1) -> float:
         """p_hat: the loss rate the confirmation count is sized for.
@@ -380,6 +386,7 @@ class LinkMonitor:
                 self._history_lost -= self._history[0]
             self._history.append(rtt is None)
             self._history_lost += rtt is None
+            self._degraded_run += self.state == DEGRADED
 
     def _on_late(self, p: _Probe, now: float) -> list[Transition]:
         if self.state == DOWN:
@@ -407,6 +414,8 @@ class LinkMonitor:
 
     def _change(self, new: str, reason: str, now: float) -> Transition:
         t = Transition(self.tunnel, self.state, new, reason, now)
+        if new == DEGRADED:
+            self._degraded_run = 0
         self.state = new
         return t
 
@@ -473,6 +482,14 @@ class LinkMonitor:
             if measured is not None and limit > 0 and measured > limit:
                 f = min(f, math.sqrt(limit / measured))
         return f
+
+    def _sustained_loss(self) -> float:
+        window = self.probe.window
+        span = min(len(self._history), window + self._degraded_run,
+                   max(window, math.ceil(FACTOR_HORIZON / self.probe.interval)))
+        if span <= window:
+            return self.stats().loss_ratio
+        return sum(itertools.islice(reversed(self._history), span)) / span
 
     def _soft_change_allowed(self, now: float) -> bool:
         return len(self._soft_changes) < SOFT_CHANGES or now - self._soft_changes[0] >= SOFT_PERIOD

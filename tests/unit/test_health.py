@@ -205,7 +205,7 @@ def test_late_reply_makes_suspect_then_clears_and_counts():
     assert d.m.suspect
     assert d.m.next_probe_at() == pytest.approx(t + 0.05)   # first confirmation at once
     c = d.send(t + 0.051)
-    assert d.m.next_probe_at() == pytest.approx(t + 0.15)
+    assert d.m.next_probe_at() == pytest.approx(t + 0.05 + H.confirm_interval)
     d.reply(s, t, 0.120)                     # the late original reply arrives
     assert not d.m.suspect and d.m.state == "up"
     assert d.m.next_probe_at() == pytest.approx(t + 1.0)
@@ -218,18 +218,21 @@ def test_confirmation_misses_declare_down_with_reason():
     d = Driver()
     d.clean(60)
     n = d.m.confirmations_needed()
-    assert n == 4  # the configured floor on a clean link
+    assert n == H.confirm_misses  # the configured floor on a clean link
+    ci = H.confirm_interval
     t = d.m.next_probe_at()
     d.send(t)
     d.tick(t + 0.05)
     assert d.m.suspect
     for k in range(n):
         tc = d.m.next_probe_at()
-        assert tc == pytest.approx(t + 0.05 + 0.1 * k)
+        assert tc == pytest.approx(t + 0.05 + ci * k)
         d.send(tc)
-        tr = d.tick(tc + 0.05)
+        assert d.log == []                  # no down before the last confirmation is late
+    d.tick(tc + 0.05)
+    tr = d.log
     assert [(x.old, x.new, x.reason) for x in tr] == [("up", "down", f"{n} of {n} confirmation probes lost")]
-    assert tr[0].at == pytest.approx(t + 0.05 + 0.1 * (n - 1) + 0.05)
+    assert tr[0].at == pytest.approx(t + 0.05 + ci * (n - 1) + 0.05)
     assert d.m.state == "down" and d.m.health_factor() == 0.0 and not d.m.suspect
     # after down, probes continue at the normal interval (no confirmations)
     assert d.m.next_probe_at() == pytest.approx(t + 1.0)
@@ -482,3 +485,13 @@ def test_monitor_invariants_under_arbitrary_events(events, probe, initial):
         assert m.next_probe_at() < float("inf")
         assert m.next_wakeup() <= m.next_probe_at()
         assert 3 <= m.confirmations_needed() <= 30
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_degraded_weight_follows_sustained_loss_not_the_last_window(seed):
+    # 40 % random loss from t=10 s: the 10-probe window alone reads 10-70 %
+    # at 70 s; the factor must read the last 60 s, i.e. sqrt(3 / 40) ~ 0.27
+    rng = random.Random(seed)
+    m, tr = run_path(P1, lambda seq, sent: None if sent >= 10 and rng.random() < 0.4 else 0.02, 70.5)
+    assert m.state == "degraded" and downs(tr) == []
+    assert 0.2 <= m.health_factor() <= 0.36

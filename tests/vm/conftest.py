@@ -18,26 +18,6 @@ import vmlab
 from measure import MEASURED, measured
 
 
-def _classifier_without_rules() -> None:
-    """The network-rules matcher (ebpf/rules.h) passes the 6.18 verifier but not
-    6.1's ("math between map_value pointer and register with unbounded min
-    value"): on this guest kernel steerd is built without it, and the rule-pin
-    test skips saying so. Everything else here runs the real classifier."""
-    import tempfile
-    from steerd.dataplane.program import ebpf_dir
-    src = ebpf_dir()
-    if not (src / "rules.h").exists() or os.environ.get("STEERD_EBPF_DIR"):
-        return
-    dest = tempfile.mkdtemp(prefix="steerd-ebpf-")
-    for name in ("pkt.h", "steer.c"):
-        shutil.copy(src / name, dest)
-    os.environ["STEERD_EBPF_DIR"] = dest
-
-
-if os.uname().release.startswith("6.1."):
-    _classifier_without_rules()
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: real-kernel lab (XFRM interfaces, ESP, netem, strongSwan); "
                                        "runs inside the VM booted by `make test-vm`")

@@ -202,15 +202,6 @@ def test_split_by_weight_over_the_primary_xfrm_tunnels(vm_lab, steerd):
         assert abs(delta[ifname] / total - want) <= 0.05, f"interface counters {delta}"
 
 
-def _has_rules_matcher() -> bool:
-    """The classifier is built with network rules when ebpf/rules.h is there (as the daemon decides)."""
-    from steerd.dataplane.program import ebpf_dir
-    return (ebpf_dir() / "rules.h").exists()
-
-
-@pytest.mark.skipif(not _has_rules_matcher(),
-                    reason="the rules matcher does not pass this kernel's (6.1) verifier; "
-                           "steerd runs here without it (see tests/vm/conftest.py)")
 def test_rule_pins_flows_to_its_wan_tunnel(vm_lab, steerd):
     rules = ("rules:\n  - name: bulk\n    match: {dst: [10.20.77.0/24], proto: udp}\n"
              "    wan: wan3\n    fallback: auto\n")
