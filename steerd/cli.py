@@ -22,6 +22,9 @@ def _connect(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(path)
+    except PermissionError:
+        raise ControlError(f"no access to {path}: steerctl needs root, or membership of the "
+                           "group the config's control_group names (read commands only)")
     except OSError as exc:
         raise ControlError(f"cannot reach steerd at {path}: {exc.strerror} (is it running?)")
     return s

@@ -25,16 +25,17 @@ tunnel is ``down`` ("N of N confirmation probes lost"). For the statistics a
 sample is lost only after ``probe.timeout``.
 
 Worst case, blackhole right after a reply came back, RTT ~1 ms (D = 50 ms floor):
-``interval + D + (N-1) * confirm_interval + D``, i.e. 1.30 s (N=3), 1.40 s (N=4),
-1.50 s (N=5) at 1 s probes; at 100 ms probes the regular probes interleave with
-the confirmations: 0.30 s (N=3), 0.35 s (N=4). Simulated over 800 blackhole
-phases (tests/unit/test_health.py): 1.299 s / 0.299 s with exact timing,
-1.320 s / 0.320 s with the daemon's 10 ms polling loop; p50 0.80 s / 0.25 s.
+``interval + D + (N-1) * confirm_interval + D``, i.e. 1.30 s at 1 s probes with
+the defaults (N = 14 confirmations 15 ms apart); at 100 ms probes the regular
+probes interleave with the confirmations: 0.38 s. Simulated over 800 blackhole
+phases (tests/unit/test_health.py): 1.294 s / 0.379 s with exact timing,
+1.293 s / 0.406 s with a 10 ms polling loop; p50 0.79 s / 0.33 s.
 
 How many confirmations: N adapts to the measured loss
 -----------------------------------------------------
 With independent random loss p a false down needs the late probe *and* N
-confirmations lost: p**(N+1) per regular probe. A fixed N is wrong at one end:
+confirmations lost: p**(N+1) per regular probe. A fixed small N is wrong at
+one end:
 
     p      N=3 (p**4)  N=5 (p**6)   false downs/hour with N=3 at 1 s / 100 ms probes
     1 %    1e-8        1e-12        0.00004 / 0.0004
@@ -46,8 +47,8 @@ So N is the smallest count with ``p_hat ** (N+1) <= FALSE_DOWN_PER_PROBE`` (1e-7
 at most one false down in ~116 days of 1 s probes, ~12 days of 100 ms probes,
 at whatever loss), at least ``confirm_misses``, at most ``MAX_CONFIRMATIONS``:
 
-    p_hat  <=1.8 %  4 %  6.8 %  10 %  20 %  30 %  40 %  50 %
-    N         3      4    5      6     9     13    17    23
+    p_hat  <=34 %  35 %  40 %  45 %  50 %
+    N        14     15    17    20    23
 
 ``p_hat`` is the larger of (a) ``(lost + 1 + 2 sqrt(lost)) / (n + 10)`` over the
 last 200 regular samples (a prior of 10 % that clean samples wear down, plus
@@ -58,24 +59,25 @@ out of (a): an outage is not random loss, and a tunnel that just came back
 must be failed over within the budget again. N is frozen when a suspicion
 starts, so the misses of a real outage cannot raise it.
 
-Costs, measured with ``simulate`` (300 seeded 10-minute runs per line):
-- steady random loss 10 %: no false down at 1 s or 100 ms probes; 40 %: one
-  run in 300 went down, in its first 2 s (the prior still says 10 %: N=6,
-  0.4**6 = 0.4 %); 50 %: 2 (1 s) and 4 (100 ms) in 300, all at start.
-- a lossy link is failed over more slowly: blackhole detection (p50 / max) at
-  1 s probes 0.94 / 1.39 s at 1 % loss, 1.37 / 2.05 s at 10 %, 2.5 / 3.6 s at
-  40 % (N ~ 21); at 100 ms probes 0.30 / 0.57, 0.51 / 0.79, 1.2 / 1.6 s. One
-  loss among the last 10 probes means N=6 (1.6 s at 1 s probes) for a while.
-- a fresh monitor has to earn a small N: at 1 s probes the worst case is
-  1.6 s for the first ~4 s, 1.5 s until 16 clean samples, 1.39 s until 47,
-  then 1.30 s; at 100 ms probes 0.46 s at start, 0.35 s after 16 samples.
-- the *onset* of random loss on a clean link cannot be told from a blackhole
-  at its first loss: N is still 3, so a step from 0 to 40 % loss gives one
-  false down with probability 0.4**3 = 6.4 % (measured 6-10 %), 25 %: 1.6 %,
-  10 %: 0.1 %. From the second loss on the window raises N. With
-  ``confirm_misses: 4`` the 40 % step costs 2.6 % and the budget still holds
-  (1.40 s / 0.35 s).
-- a sudden RTT rise to beyond ~D + N * confirm_interval (1 ms -> 400 ms) looks
+Why many fast confirmations rather than a few slow ones: the *onset* of random
+loss on a clean link cannot be told from a blackhole at its first loss (p_hat
+still says "clean"), so only the floor protects it. With 4 confirmations
+100 ms apart a step from 0 to 40 % loss went down in 2.6 % of runs; 14 misses
+in a row at 40 % happen with probability 0.4**15 = 1e-6, and 15 ms apart they
+take no longer than 4 took at 100 ms. A suspect tunnel gets ~67 probes/s for
+the ~0.2 s a suspicion lasts.
+
+Costs, measured with ``simulate`` (seeded runs):
+- steady random loss 10 %, 40 %, 50 %: no false down in 300 10-minute runs
+  each, at 1 s and at 100 ms probes; a step from 0 to 10..50 % loss: none in
+  1000 runs each (1 s probes) and 1000 each (100 ms).
+- a lossy link is failed over a little more slowly: blackhole detection
+  (p50 / max of 200) at 1 s probes 0.82 / 1.28 s at 1 % loss, 0.83 / 1.29 s
+  at 10 %, 0.92 / 1.49 s at 40 % (N ~ 17); at 100 ms probes 0.32 / 0.37,
+  0.31 / 0.40, 0.40 / 0.59 s.
+- a fresh monitor meets the budget at once: worst case 1.29 s (1 s probes)
+  and 0.38 s (100 ms) whether 0, 4, 16 or 100 samples came before.
+- a sudden RTT rise to beyond ~D + N * confirm_interval (1 ms -> 300 ms) looks
   like a blackhole inside the budget and is declared down; replies keep
   updating SRTT, so the tunnel comes back at its new RTT.
 

@@ -1,5 +1,6 @@
 """Forwarding throughput through the lab gateway with iperf3 (many parallel TCP
-flows), for: no classifier; steerd with N rules; and an nftables mangle chain
+flows), for: no classifier (the kernel's own ECMP over the same three primary
+tunnels with the same 4:2:1 weights, hashing the 5-tuple); steerd with N rules; and an nftables mangle chain
 that marks the same traffic with the same N rules the way mwan3/VyOS do
 (conntrack restore first, so only a connection's first packet walks the chain;
 and, as a second row, the chain walked by every packet). Same lab, same run,
@@ -98,7 +99,10 @@ def run(mode: str, n: int, seconds: float, parallel: int) -> float:
     try:
         text = rules_yaml(n)
         if mode == "none":
-            ns_sh(lab.gw, "ip", "route", "add", "10.20.0.0/16", "dev", "tun-p1")
+            ns_sh(lab.gw, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")
+            ns_sh(lab.gw, "ip", "route", "add", "10.20.0.0/16",
+                  "nexthop", "dev", "tun-p1", "weight", "4", "nexthop", "dev", "tun-p2", "weight", "2",
+                  "nexthop", "dev", "tun-p3", "weight", "1")
         elif mode == "steerd":
             path = os.path.join(lab.run_dir, "rules.yaml")
             with open(path, "w", encoding="utf-8") as f:
@@ -122,7 +126,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--parallel", type=int, default=32)
     a = ap.parse_args()
-    modes = [("none", "no classifier (main-table route)"),
+    modes = [("none", "no classifier (kernel ECMP, same 3 tunnels, 4:2:1)"),
              ("steerd", f"steerd, {a.rules} rules"),
              ("nft-ct", f"nftables chain, {a.rules} rules, ct mark restore (mwan3)"),
              ("nft", f"nftables chain, {a.rules} rules, every packet")]
