@@ -120,19 +120,15 @@ def run(mode: str, n: int, seconds: float, parallel: int) -> float:
         lab.down()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rules", type=int, default=10000)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--parallel", type=int, default=32)
-    a = ap.parse_args()
+def report(rules: int, seconds: float, parallel: int) -> bool:
+    """Run every setup in turn and print the table; True when steerd meets its goal."""
     modes = [("none", "no classifier (kernel ECMP, same 3 tunnels, 4:2:1)"),
-             ("steerd", f"steerd, {a.rules} rules"),
-             ("nft-ct", f"nftables chain, {a.rules} rules, ct mark restore (mwan3)"),
-             ("nft", f"nftables chain, {a.rules} rules, every packet")]
-    results = {m: run(m, a.rules, a.seconds, a.parallel) for m, _ in modes}
+             ("steerd", f"steerd, {rules} rules"),
+             ("nft-ct", f"nftables chain, {rules} rules, ct mark restore (mwan3)"),
+             ("nft", f"nftables chain, {rules} rules, every packet")]
+    results = {m: run(m, rules, seconds, parallel) for m, _ in modes}
     base = results["none"]
-    print(f"\nthroughput through the lab gateway, iperf3 -P {a.parallel}, {a.seconds:.0f} s each")
+    print(f"\nthroughput through the lab gateway, iperf3 -P {parallel}, {seconds:.0f} s each")
     print(f"{'setup':<58} {'Mbit/s':>9} {'x none':>7}")
     for m, label in modes:
         print(f"{label:<58} {results[m]:9.0f} {results[m] / base:7.3f}")
@@ -140,6 +136,16 @@ def main() -> None:
     print(f"goal: steerd >= 0.95 x no classifier: {'OK' if ok else 'MISSED'}; "
           f"steerd / nft-ct = {results['steerd'] / results['nft-ct']:.2f}, "
           f"steerd / nft (every packet) = {results['steerd'] / results['nft']:.2f}")
+    return ok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rules", type=int, default=10000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--parallel", type=int, default=32)
+    a = ap.parse_args()
+    report(a.rules, a.seconds, a.parallel)
 
 
 if __name__ == "__main__":
