@@ -95,7 +95,8 @@ the outage. Going down is never delayed.
 sqrt(threshold / measured) over the broken metrics (TCP goodput ~ 1/sqrt(loss)),
 clamped to [0.1, 0.9]. 40 % loss -> ~0.27, 10 % -> ~0.55. The loss behind
 the factor covers every regular probe since the link became degraded plus the
-window that degraded it, up to ``FACTOR_HORIZON``: a 10-probe window alone
+window that degraded it, up to ``FACTOR_HORIZON`` (and the ``LOSS_HISTORY``
+samples kept: 20 s at 100 ms probes): a 10-probe window alone
 swings by +-15 points at 40 % loss and would make the weight wander.
 
 Statistics: over the last ``probe.window`` completed regular samples in send
