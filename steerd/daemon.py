@@ -26,7 +26,7 @@ from .events import EventLog
 from .yamlsrc import Problem, ValidationError
 
 log = logging.getLogger("steerd")
-MIN_SLEEP = 0.001  # scheduler resolution, small against the 100 ms confirmation interval
+MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation interval
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
 
 
