@@ -81,10 +81,10 @@ class _Reader:
     def __init__(self, text: str):
         self.lines: list[tuple[int, str, int]] = []   # (indent, content, line number)
         self.cache: dict[str, str | int] = {}
+        if "\t" in text or "\r" in text:
+            raise _Unsupported("tab or CR")
         for n, raw in enumerate(text.split("\n"), 1):
-            if "\t" in raw or "\r" in raw:
-                raise _Unsupported("tab or CR")
-            content = _strip_comment(raw)
+            content = _strip_comment(raw) if "#" in raw else raw.rstrip()
             stripped = content.lstrip(" ")
             if not stripped:
                 continue
@@ -143,7 +143,7 @@ class _Reader:
             if rest.startswith("- ") or rest == "-":
                 raise _Unsupported("nested sequence on one line")
             column = indent + len(content) - len(rest)
-            if _is_key(rest):
+            if _key_end(rest) > 0:
                 # "- key: value": a mapping whose first line is this one
                 self.i -= 1
                 self.lines[self.i] = (column, rest, line)
@@ -161,13 +161,13 @@ class _Reader:
             ind, content, line = self.lines[self.i]
             if ind != indent or content == "-" or content.startswith("- "):
                 break
-            if not _is_key(content):
+            colon = _key_end(content)
+            if colon < 0:
                 raise _Unsupported(content)
-            key_text, _, rest = content.partition(":")
-            key = self.scalar(key_text.strip())
+            key = self.scalar(content[:colon].rstrip())
             if not isinstance(key, str) or key in out:
                 raise _Unsupported("key")
-            rest = rest.strip()
+            rest = content[colon + 1:].strip()
             self.i += 1
             child = self.nested(indent, line, True) if not rest else self.value(rest, line)
             child.key_line = line
@@ -177,9 +177,12 @@ class _Reader:
         return Node(out, first, "map")
 
 
-def _is_key(content: str) -> bool:
+def _key_end(content: str) -> int:
+    """Where the ':' of "key: value" or "key:" is; -1 if this is not such a line."""
     i = content.find(":")
-    return i > 0 and (i == len(content) - 1 or content[i + 1] == " ") and content[0] not in "'\"[{"
+    if i > 0 and (i == len(content) - 1 or content[i + 1] == " ") and content[0] not in "'\"[{":
+        return i
+    return -1
 
 
 def fast_load(text: str) -> Node | None:
