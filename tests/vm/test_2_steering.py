@@ -14,8 +14,6 @@ order and restore every impairment they set:
 """
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 import os
 import re
@@ -36,16 +34,8 @@ from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send, split
 PRIMARY = [lk for lk in vmlab.LINKS if lk.role == "primary"]
 SECONDARY = [lk for lk in vmlab.LINKS if lk.role == "secondary"]
 WEIGHTS = {lk.xfrm: vmlab.BANDWIDTHS[lk.index] / sum(vmlab.BANDWIDTHS.values()) for lk in PRIMARY}
-HAS_PROBING = importlib.util.find_spec("steerd.probe") is not None
 XFRM_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xfrm_tool.py")
 IFRATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ifrate.py")
-needs_probing = pytest.mark.skipif(not HAS_PROBING, reason="steerd has no health probing yet (steerd/probe.py)")
-
-
-def _xfrm_aware() -> bool:
-    """Does the daemon watch XFRM SAs (issue 7 item 2: steerd.xfrm.XfrmWatcher)?"""
-    import steerd.daemon
-    return "XfrmWatcher" in inspect.getsource(steerd.daemon)
 
 
 class VmSteerd(SteerdProcess):
@@ -65,9 +55,8 @@ def steerd(vm_lab):
         pytest.fail(f"steerd did not start (see the first test's error): {_START_FAILED[0]}", pytrace=False)
     t0 = time.monotonic()
     path = vm_lab.write_config(vm_lab.steerd_config())
-    args = () if HAS_PROBING else ("--no-probe",)
     try:
-        proc = VmSteerd(vm_lab, path, args)
+        proc = VmSteerd(vm_lab, path)
     except Exception as exc:
         _START_FAILED.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         kills = [ln for ln in vmlab.sh("dmesg", check=False).splitlines() if "Killed process" in ln]
@@ -132,7 +121,6 @@ def _shares(counts: Counter, ifnames) -> dict[str, float]:
 _PING_RE = re.compile(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 
-@needs_probing
 def test_probe_rtt_accuracy(vm_lab, steerd):
     """netem gives 20/40/80 ms round trips on the primaries. The emulated machine adds
     its own processing time to every round trip (ESP in software under qemu TCG), so the
@@ -280,7 +268,6 @@ def _traffic_back(rows, t_cut: float, lost_if: str, window: float = 0.2) -> floa
     return None
 
 
-@needs_probing
 def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
     lk = PRIMARY[0]
     rx = Receiver(vm_lab, port=5103, name="failover")
@@ -322,7 +309,6 @@ def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
     measured("recovery after the loss ends", f"{lk.name} up again {back:.1f} s after restoring the link")
 
 
-@needs_probing
 def test_all_primaries_cut_secondaries_carry_traffic(vm_lab, steerd):
     bg = send(vm_lab, 300, duration=30.0, pps=1000, port=5105, background=True)
     rates = IfRate(vm_lab)
@@ -383,9 +369,7 @@ def test_all_primaries_cut_secondaries_carry_traffic(vm_lab, steerd):
 def test_ike_sa_terminated_marks_the_tunnel_down_at_once(vm_lab, steerd):
     lk = PRIMARY[1]
     pop = vm_lab.places["pop"]
-    aware = _xfrm_aware()
-    if HAS_PROBING:
-        _wait_all_up(steerd, [t.name for t in PRIMARY])
+    _wait_all_up(steerd, [t.name for t in PRIMARY])
     since = time.time()
     # steerd.xfrm's watcher in the pop namespace shows when the kernel announced the deletion
     watch = pop.popen([sys.executable, XFRM_TOOL, "watch", "40", lk.xfrm], stdout=subprocess.PIPE, text=True)
@@ -422,13 +406,8 @@ def test_ike_sa_terminated_marks_the_tunnel_down_at_once(vm_lab, steerd):
     t0 = time.monotonic()
     vm_lab.charons["site"].swanctl("--initiate", "--child", lk.name, "--timeout", "30")
     vm_lab.wait_tunnels(30, [lk])
-    if HAS_PROBING:
-        back = _wait_all_up(steerd, [lk.name])
-        measured("IKE SA re-established", f"{lk.name} up in steerd {time.monotonic() - t0:.1f} s after "
-                 f"re-initiating ({back:.1f} s after its SAs were back)")
-    if not aware:
-        pytest.xfail("steerd is not XFRM-aware yet (issue 7 item 2): "
-                     + (f"down by probes {took:.2f} s after the SAs went" if took is not None
-                        else "never marked down"))
+    back = _wait_all_up(steerd, [lk.name])
+    measured("IKE SA re-established", f"{lk.name} up in steerd {time.monotonic() - t0:.1f} s after "
+             f"re-initiating ({back:.1f} s after its SAs were back)")
     assert reacted is not None and reacted <= 0.5, f"steerd's link_down {reacted}s after the SAs went"
     assert "SA" in reason, reason
