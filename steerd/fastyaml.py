@@ -22,8 +22,14 @@ import yaml
 from .yamlsrc import Node
 
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
-# characters YAML does not allow in a stream (libyaml refuses them) and the BOM
-_NOT_YAML = re.compile("[^\n\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+# characters YAML does not allow in a stream (libyaml refuses them), the BOM,
+# and every whitespace but space and newline: YAML keeps Unicode spaces in
+# scalars (str.strip would not), and U+2028/U+2029 are line breaks to PyYAML
+_NOT_PLAIN = re.compile("[^\n\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+                        "|[^\\S \n]")
+MAX_INDENT = 100      # deeper files go to PyYAML (whose own recursion ends far deeper)
+MAX_KEY = 1000        # PyYAML refuses implicit keys longer than 1024 characters
+MAX_INT_DIGITS = 20
 _INDICATORS = set("-?:,[]{}#&*!|>'\"%@`")
 _RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -45,7 +51,7 @@ def _plain(text: str) -> str | int:
             break
     if tag == _STR_TAG:
         return text
-    if tag == _INT_TAG and _INT.match(text):
+    if tag == _INT_TAG and _INT.match(text) and len(text) <= MAX_INT_DIGITS:
         return int(text)
     raise _Unsupported(text)
 
@@ -71,36 +77,39 @@ def _strip_comment(line: str) -> str:
     while i > 0 and line[i - 1] != " ":
         i = line.find("#", i + 1)
     if i < 0:
-        return line.rstrip()
+        return line.rstrip(" ")
     if "'" in line[:i] or '"' in line[:i]:
         raise _Unsupported(line)
-    return line[:i].rstrip()
+    return line[:i].rstrip(" ")
 
 
 class _Reader:
     def __init__(self, text: str):
         self.lines: list[tuple[int, str, int]] = []   # (indent, content, line number)
         self.cache: dict[str, str | int] = {}
-        if "\t" in text or "\r" in text:
-            raise _Unsupported("tab or CR")
         for n, raw in enumerate(text.split("\n"), 1):
-            content = _strip_comment(raw) if "#" in raw else raw.rstrip()
+            content = _strip_comment(raw) if "#" in raw else raw.rstrip(" ")
             stripped = content.lstrip(" ")
             if not stripped:
                 continue
             if n == 1 and stripped.startswith(("%", "---")) or stripped.startswith(("---", "...")):
                 raise _Unsupported("document markers")
-            self.lines.append((len(content) - len(stripped), stripped, n))
+            indent = len(content) - len(stripped)
+            if indent > MAX_INDENT:
+                raise _Unsupported("nesting")
+            self.lines.append((indent, stripped, n))
         self.i = 0
 
     def value(self, text: str, line: int) -> Node:
         if text.startswith("["):
             if not text.endswith("]") or text.count("[") != 1 or text.count("]") != 1:
                 raise _Unsupported(text)
-            body = text[1:-1].strip()
+            body = text[1:-1].strip(" ")
             if not body:
                 return Node([], line, "seq")
-            return Node([Node(self.scalar(part.strip()), line, "scalar") for part in body.split(",")],
+            if "?" in body:          # ends a plain scalar in flow context
+                raise _Unsupported(text)
+            return Node([Node(self.scalar(part.strip(" ")), line, "scalar") for part in body.split(",")],
                         line, "seq")
         return Node(self.scalar(text), line, "scalar")
 
@@ -164,10 +173,12 @@ class _Reader:
             colon = _key_end(content)
             if colon < 0:
                 raise _Unsupported(content)
-            key = self.scalar(content[:colon].rstrip())
+            if colon > MAX_KEY:
+                raise _Unsupported("long key")
+            key = self.scalar(content[:colon].rstrip(" "))
             if not isinstance(key, str) or key in out:
                 raise _Unsupported("key")
-            rest = content[colon + 1:].strip()
+            rest = content[colon + 1:].strip(" ")
             self.i += 1
             child = self.nested(indent, line, True) if not rest else self.value(rest, line)
             child.key_line = line
@@ -188,7 +199,7 @@ def _key_end(content: str) -> int:
 def fast_load(text: str) -> Node | None:
     """The Node tree of *text*, or None when it is outside the subset (then use
     yamlsrc.load_yaml, or libyaml). An empty document is an empty mapping."""
-    if _NOT_YAML.search(text):
+    if _NOT_PLAIN.search(text):
         return None
     try:
         r = _Reader(text)

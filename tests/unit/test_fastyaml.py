@@ -64,9 +64,36 @@ def test_lines_are_those_of_the_full_parser():
     "# only a comment\n", "a:\n  - 1\n  -\n  - 3\n", "a:\nb: 1\n", "a: 'x: y'\n",
     "a: \"x # y\"\n", "? a\n: b\n", "a: x\x00\n", "\ufeffa: 1\n", "a: \u00e9t\u00e9\n",
     "a:\n  b:\n    c: 1\n  d: 2\n", "a:\n    b: 1\n  c: 2\n", "<<: {a: 1}\n", "a: =\n",
+    # '?' ends a plain scalar in flow context (PyYAML: "expected ',' or ']'")
+    "a: [b?c]\n", "a: [b?]\n", "- [a, b?c]\n",
+    # str.strip() removes Unicode spaces that YAML keeps as scalar content
+    "a: b\xa0\n", "a: \xa0b\n", "a\xa0: 1\n", "a: \xa0\n", "\u3000\n", "a: 1\n\xa0\n",
+    "a: [b\u2003, c]\n", "a: b\u202f\n",
+    # U+2028/U+2029 are line breaks to PyYAML
+    "a: x\u2028y\n", "\u2028a: 1\n", "a\u2029b: 1\n",
+    # PyYAML refuses implicit keys longer than 1024 characters
+    "a" * 1025 + ": 1\n", "- " + "a" * 1025 + ": 1\n", "a" + " " * 1030 + ": 1\n",
 ])
 def test_tricky_inputs_agree_or_fall_back(text):
     assert agrees(text)
+
+
+def test_huge_integer_falls_back_instead_of_raising():
+    # int() refuses > 4300 digits (Python 3.11+); safe_load raises ValueError
+    assert fast_load("a: " + "1" * 5000 + "\n") is None
+
+
+def test_deep_nesting_falls_back_where_safe_load_overflows():
+    # "- a:" with an indentless sequence under it costs PyYAML's composer more
+    # stack frames per level than fast_load's recursion
+    for depth in range(150, 420, 10):
+        text = "".join(" " * (2 * i) + "- a:\n" for i in range(depth))
+        if fast_load(text) is None:
+            continue
+        try:
+            yaml.safe_load(text)
+        except RecursionError:
+            pytest.fail(f"fast_load returned a tree at depth {depth}, safe_load overflows")
 
 
 # keys and scalars that stress the subset: YAML 1.1 booleans, numbers of all
