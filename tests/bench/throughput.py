@@ -6,13 +6,14 @@ that marks the same traffic with the same N rules the way mwan3/VyOS do
 and, as a second row, the chain walked by every packet). Same lab, same run,
 same destination (which matches no rule: the common "everything else" case).
 
-    tests/bench/throughput [--rules 10000] [--seconds 10] [--parallel 32]
+    tests/bench/throughput [--rules 10000] [--seconds 10] [--parallel 32] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -120,22 +121,29 @@ def run(mode: str, n: int, seconds: float, parallel: int) -> float:
         lab.down()
 
 
-def report(rules: int, seconds: float, parallel: int) -> bool:
-    """Run every setup in turn and print the table; True when steerd meets its goal."""
+def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
+    """Run every setup in turn, *rounds* times interleaved (this VM's throughput
+    drifts by tens of percent within minutes: interleaving spreads the drift
+    over all setups), and print the medians; True when steerd meets its goal."""
     modes = [("none", "no classifier (kernel ECMP, same 3 tunnels, 4:2:1)"),
              ("steerd", f"steerd, {rules} rules"),
              ("nft-ct", f"nftables chain, {rules} rules, ct mark restore (mwan3)"),
              ("nft", f"nftables chain, {rules} rules, every packet")]
-    results = {m: run(m, rules, seconds, parallel) for m, _ in modes}
-    base = results["none"]
-    print(f"\nthroughput through the lab gateway, iperf3 -P {parallel}, {seconds:.0f} s each")
-    print(f"{'setup':<58} {'Mbit/s':>9} {'x none':>7}")
+    runs: dict[str, list[float]] = {m: [] for m, _ in modes}
+    for _ in range(rounds):
+        for m, _label in modes:
+            runs[m].append(run(m, rules, seconds, parallel))
+    med = {m: statistics.median(v) for m, v in runs.items()}
+    base = med["none"]
+    print(f"\nthroughput through the lab gateway, iperf3 -P {parallel}, {seconds:.0f} s each, "
+          f"{rounds} rounds interleaved (median, min-max)")
+    print(f"{'setup':<58} {'Mbit/s':>9} {'x none':>7}   min-max Mbit/s")
     for m, label in modes:
-        print(f"{label:<58} {results[m]:9.0f} {results[m] / base:7.3f}")
-    ok = results["steerd"] >= 0.95 * base
+        print(f"{label:<58} {med[m]:9.0f} {med[m] / base:7.3f}   {min(runs[m]):.0f}-{max(runs[m]):.0f}")
+    ok = med["steerd"] >= 0.95 * base
     print(f"goal: steerd >= 0.95 x no classifier: {'OK' if ok else 'MISSED'}; "
-          f"steerd / nft-ct = {results['steerd'] / results['nft-ct']:.2f}, "
-          f"steerd / nft (every packet) = {results['steerd'] / results['nft']:.2f}")
+          f"steerd / nft-ct = {med['steerd'] / med['nft-ct']:.2f}, "
+          f"steerd / nft (every packet) = {med['steerd'] / med['nft']:.2f}")
     return ok
 
 
@@ -144,8 +152,9 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=10000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--parallel", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    report(a.rules, a.seconds, a.parallel)
+    report(a.rules, a.seconds, a.parallel, a.rounds)
 
 
 if __name__ == "__main__":
