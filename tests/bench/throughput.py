@@ -5,12 +5,15 @@ that marks the same traffic with the same N rules the way mwan3/VyOS do
 (conntrack restore first, so only a connection's first packet walks the chain;
 and, as a second row, the chain walked by every packet). Same lab, same run,
 same destination (which matches no rule: the common "everything else" case).
+Then the rate of new connections each setup forwards: where a chain walked
+once per connection costs (long TCP flows never show it).
 
     tests/bench/throughput [--rules 10000] [--seconds 10] [--parallel 32] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -25,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "bench")]
 from rulegen import rules_yaml  # noqa: E402
 
 from steerd.lab.netns import ns_popen, ns_sh  # noqa: E402
-from steerd.lab.runner import SteerdProcess  # noqa: E402
+from steerd.lab.runner import SteerdProcess, send  # noqa: E402
 from steerd.lab.topology import Lab  # noqa: E402
 from steerd.rules import parse_rules  # noqa: E402
 
@@ -94,7 +97,9 @@ def policy_routes(lab: Lab) -> None:
               "lookup", str(2101 + i), "pref", "2100")
 
 
-def run(mode: str, n: int, seconds: float, parallel: int) -> float:
+@contextlib.contextmanager
+def setup(mode: str, n: int):
+    """The lab with one of the setups steering 10.20.0.0/16 from core to the site."""
     lab = Lab("sdbtp").up()
     steerd = None
     try:
@@ -113,12 +118,37 @@ def run(mode: str, n: int, seconds: float, parallel: int) -> float:
             policy_routes(lab)
             rs = parse_rules(text, "bench.yaml")
             ns_sh(lab.gw, "nft", "-f", "-", input=nft_ruleset(rs, conntrack=mode == "nft-ct"))
-        return iperf(lab, seconds, parallel)
+        yield lab
     finally:
         if steerd:
             steerd.stop()
             steerd.cleanup()
         lab.down()
+
+
+def run(mode: str, n: int, seconds: float, parallel: int) -> float:
+    with setup(mode, n) as lab:
+        return iperf(lab, seconds, parallel)
+
+
+def _tunnel_tx(lab: Lab) -> int:
+    out = json.loads(ns_sh(lab.gw, "ip", "-s", "-j", "link", "show"))
+    return sum(link["stats64"]["tx"]["packets"] for link in out if link["ifname"].startswith("tun-p"))
+
+
+def new_flows(mode: str, n: int, flows: int) -> tuple[float, float]:
+    """*flows* new UDP flows of one packet each, sent as fast as one sender can:
+    (new flows per second forwarded into the tunnels, share of them forwarded).
+    The chain of the nftables setups is walked once per new connection here,
+    which long TCP flows never show."""
+    with setup(mode, n) as lab:
+        before = _tunnel_tx(lab)
+        t0 = time.monotonic()
+        sent = send(lab, flows, duration=0.0, pps=0, port=5999)
+        took = time.monotonic() - t0
+        time.sleep(0.5)
+        forwarded = _tunnel_tx(lab) - before
+        return forwarded / took, forwarded / max(sent, 1)
 
 
 def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
@@ -144,6 +174,22 @@ def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
     print(f"goal: steerd >= 0.95 x no classifier: {'OK' if ok else 'MISSED'}; "
           f"steerd / nft-ct = {med['steerd'] / med['nft-ct']:.2f}, "
           f"steerd / nft (every packet) = {med['steerd'] / med['nft']:.2f}")
+
+    flows = 50000
+    rates: dict[str, list[float]] = {m: [] for m, _ in modes}
+    for _ in range(rounds):
+        for m, _label in modes:
+            rate, share = new_flows(m, rules, flows)
+            rates[m].append(rate)
+            if share < 0.99:
+                print(f"!! {m}: only {share:.1%} of the new flows were forwarded")
+    nmed = {m: statistics.median(v) for m, v in rates.items()}
+    print(f"\nnew connections: {flows} UDP flows of one packet each, one sender at full speed "
+          f"(its start-up counts), {rounds} rounds interleaved (median)")
+    print(f"{'setup':<58} {'flows/s':>9} {'x none':>7}")
+    for m, label in modes:
+        print(f"{label:<58} {nmed[m]:9.0f} {nmed[m] / nmed['none']:7.3f}")
+    print(f"steerd / nft-ct = {nmed['steerd'] / nmed['nft-ct']:.1f} x new connections per second")
     return ok
 
 
