@@ -290,6 +290,9 @@ def _parse_proto(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
     return frozenset(out)
 
 
+_PORT_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+
+
 def _parse_ports(ctx: _Ctx, node: Node, key: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     expected = 'a port 1..65535 or a range "a-b" with 1 <= a <= b <= 65535'
@@ -300,7 +303,7 @@ def _parse_ports(ctx: _Ctx, node: Node, key: str) -> list[tuple[int, int]]:
         if isinstance(v, int) and not isinstance(v, bool):
             lo = hi = v
         elif isinstance(v, str):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", v)
+            m = _PORT_RE.fullmatch(v)
             if m:
                 lo = int(m.group(1))
                 hi = int(m.group(2)) if m.group(2) is not None else lo
@@ -385,6 +388,11 @@ def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _wan_expected(wans: set[str] | None) -> str:
+    return f"one of the config's wan roles: {', '.join(sorted(wans))}" if wans is not None \
+        else "a wan role name"
+
+
 def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
                 ingress: set[str] | None, seen: dict[str, int]) -> Rule | None:
     key = f"rules[{idx}]"
@@ -408,12 +416,10 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
         seen[name] = r["name"].line
     match = _parse_match(ctx, r.get("match"), f"{key}.match", ingress)
     wan = r["wan"].value if "wan" in r else None
-    wan_expected = f"one of the config's wan roles: {', '.join(sorted(wans))}" if wans is not None \
-        else "a wan role name"
     if "wan" not in r:
-        ctx.bad(node, 0, f"{key}.wan", None, f"{wan_expected} (required)")
+        ctx.bad(node, 0, f"{key}.wan", None, f"{_wan_expected(wans)} (required)")
     elif not isinstance(wan, str) or not wan or (wans is not None and wan not in wans):
-        ctx.bad(r["wan"], 0, f"{key}.wan", r["wan"].plain(), wan_expected)
+        ctx.bad(r["wan"], 0, f"{key}.wan", r["wan"].plain(), _wan_expected(wans))
     fallback = r["fallback"].value if "fallback" in r else "auto"
     if "fallback" in r:
         ok = isinstance(fallback, str) and (
