@@ -120,8 +120,6 @@ _Static_assert(sizeof(struct rl_chunktab6) <= (4 << 20), "rl_chunktab6 > 4 MB: l
 #define R_UW(ub, f, b) (((const u64 *)(ub)->raw)[RL_NF * RL_NSUM + (f) * RL_NWORDS + (b)])
 #define R_BM(bmt, id) (((const struct rl_bm *)(bmt)->raw) + ((id) & (RL_MAX_BITMAPS - 1)))
 #define R_W(wt, i) (((const u64 *)(wt)->raw)[(i) & (RL_MAX_WORDS - 1)])
-#define R_CHUNK(ct, i) (((const u32 *)(ct)->raw)[(i) & (RL_MAX_CHUNKS * 16 - 1)])
-#define R_CHUNK6(ct, i) (((const u32 *)(ct)->raw)[(i) & (RL_MAX_CHUNKS6 * 16 - 1)])
 struct rl_rule { u32 wan; u32 fb_kind; u32 fb_wan; u32 prio; };
 
 BPF_ARRAY(rl_active, u32, 1);
@@ -185,27 +183,18 @@ static __always_inline u64 rl_word(const struct rl_bm *bm, const struct rl_wordt
     return ws | R_UW(ub, f, b & (RL_NWORDS - 1));
 }
 
-/* One level below a table entry: v itself unless it points to a chunk. */
-static __always_inline u32 rl_chunk_step(const struct rl_chunktab *ct, u32 v, u32 nibble)
+/* One level below a table entry: v itself unless it points to a chunk.
+ * chunks = a chunk table's value as u32s, mask = its entries - 1. */
+static __always_inline u32 rl_chunk_step(const u32 *chunks, u32 mask, u32 v, u32 nibble)
 {
     if (!(v & RL_CHUNK))
         return v;
     u32 i = ((v & ~RL_CHUNK) << 4) | nibble;
 
-    /* R_CHUNK's mask must come after the OR: clang would hoist it above, and
-     * the 6.1 verifier loses all bounds of an OR of two bounded scalars */
+    /* the mask must come after the OR: clang would hoist it above, and the
+     * 6.1 verifier loses all bounds of an OR of two bounded scalars */
     asm volatile("" : "+r"(i));
-    return R_CHUNK(ct, i);
-}
-
-static __always_inline u32 rl_chunk6_step(const struct rl_chunktab6 *ct, u32 v, u32 nibble)
-{
-    if (!(v & RL_CHUNK))
-        return v;
-    u32 i = ((v & ~RL_CHUNK) << 4) | nibble;
-
-    asm volatile("" : "+r"(i));   /* as in rl_chunk_step */
-    return R_CHUNK6(ct, i);
+    return chunks[i & mask];
 }
 
 /* IPv4 longest-prefix match: the S id of the longest prefix covering addr.
@@ -226,14 +215,18 @@ static __always_inline u32 rl_dir4_lookup(u32 set, u32 which, u32 addr_be)
     ct = rl_chunk4.lookup(&set);
     if (!ct)
         return 0;
-    v = rl_chunk_step(ct, v, (a >> 12) & 15);
-    v = rl_chunk_step(ct, v, (a >> 8) & 15);
-    v = rl_chunk_step(ct, v, (a >> 4) & 15);
-    v = rl_chunk_step(ct, v, a & 15);
+    const u32 *chunks = (const u32 *)ct->raw;
+    const u32 mask = RL_MAX_CHUNKS * 16 - 1;
+
+    v = rl_chunk_step(chunks, mask, v, (a >> 12) & 15);
+    v = rl_chunk_step(chunks, mask, v, (a >> 8) & 15);
+    v = rl_chunk_step(chunks, mask, v, (a >> 4) & 15);
+    v = rl_chunk_step(chunks, mask, v, a & 15);
     return v & ~RL_CHUNK;
 }
 
-#define RL_STEP6(w, sh) v = rl_chunk6_step(ct, v, ((w) >> (sh)) & 15);
+#define RL_STEP6(w, sh) v = rl_chunk_step((const u32 *)ct->raw, RL_MAX_CHUNKS6 * 16 - 1, v, \
+                                          ((w) >> (sh)) & 15);
 #define RL_STEPS6(w) RL_STEP6(w, 28) RL_STEP6(w, 24) RL_STEP6(w, 20) RL_STEP6(w, 16) \
                      RL_STEP6(w, 12) RL_STEP6(w, 8) RL_STEP6(w, 4) RL_STEP6(w, 0)
 

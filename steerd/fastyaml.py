@@ -42,7 +42,8 @@ class _Unsupported(Exception):
 
 def _plain(text: str) -> str | int:
     """A plain scalar as SafeLoader would construct it, if a str or decimal int."""
-    if not text or text[0] in _INDICATORS or text[-1] == ":" or ": " in text or " #" in text:
+    # (" #" cannot occur: comments are stripped off the line before)
+    if not text or text[0] in _INDICATORS or text[-1] == ":" or ": " in text:
         raise _Unsupported(text)
     tag = _STR_TAG
     for t, regexp in _RESOLVERS.get(text[0], ()):
