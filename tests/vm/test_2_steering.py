@@ -125,7 +125,8 @@ def test_probe_rtt_accuracy(vm_lab, steerd):
     """netem gives 20/40/80 ms round trips on the primaries. The emulated machine adds
     its own processing time to every round trip (ESP in software under qemu TCG), so the
     truth is the netem RTT plus that floor, which ping measures through the same tunnel
-    (its minimum). steerd's median RTT over its window must be within 1 ms + 5 % of it.
+    (its minimum; its mean when the guest is busy, as on a loaded CI host). steerd's
+    median RTT over its window must be within 1 ms + 5 % of that range.
     The mean (`rtt_ms`) is printed too: under emulation single round trips spike when
     the host is busy (ping sees the same spikes), which moves a 10-sample mean by more
     than the tolerance without any measuring error; one more window is allowed when
@@ -146,14 +147,14 @@ def test_probe_rtt_accuracy(vm_lab, steerd):
             t = _tunnel(st, lk.name)
             netem_rtt = 2 * vm_lab.netem_profile[lk.number][0]
             floor = max(0.0, refs[lk.name][0] - netem_rtt)
-            want = netem_rtt + floor
+            want_lo, want_hi = netem_rtt + floor, max(netem_rtt + floor, refs[lk.name][1])
             tol = 1.0 + 0.05 * netem_rtt
             got = t.get("rtt_p50_ms", t["rtt_ms"])
             lines.append(f"{lk.name}: netem {netem_rtt:.0f} ms (+{floor:.1f} ms emulation floor), steerd "
                          f"median {got} ms, mean {t['rtt_ms']} ms, jitter {t['jitter_ms']} ms; ping "
                          f"min/avg/max {refs[lk.name][0]:.1f}/{refs[lk.name][1]:.1f}/{refs[lk.name][2]:.1f} ms "
                          f"(tolerance ±{tol:.1f} ms)")
-            if got is None or abs(got - want) > tol:
+            if got is None or not want_lo - tol <= got <= want_hi + tol:
                 failures.append(lines[-1])
         measured(f"probe RTT (window {attempt})", "; ".join(lines))
         if not failures:
