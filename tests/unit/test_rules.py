@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import textwrap
+from array import array
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steerd import rules as R
+from steerd.rules import encode
 from steerd.rules import (DSCP_NAMES, NO_TUNNEL, RV_DROP, RV_NONE, RV_SPREAD, RV_TUNNEL, Limits,
                           PacketKey, RuleSet, classify, compile_rules, decide, diff, parse_rules)
 from steerd.yamlsrc import ValidationError
@@ -379,14 +381,14 @@ def test_multibit_table_matches_longest_prefix(width):
             net = (cluster | rnd.getrandbits(width - 32)) >> (width - plen) << (width - plen)
         entries[(net, plen)] = i + 1
     ent = tuple((n, p, v) for (n, p), v in entries.items())
-    pool = R.array("I")
-    l1 = R._dir(ent, pool, width)
+    pool = array("I")
+    l1 = encode._dir(ent, pool, width)
     for _ in range(3000):
         a = rnd.getrandbits(width) if rnd.random() < 0.5 else cluster | rnd.getrandbits(width - 32)
         if rnd.random() < 0.3:      # an address right inside one of the prefixes
             n, p, _ = rnd.choice(ent)
             a = n | (rnd.getrandbits(width - p) if p < width else 0)
-        assert R._dir_lookup(l1, pool, a, width) == R._lpm(ent, a, 4 if width == 32 else 6)
+        assert encode._dir_lookup(l1, pool, a, width) == encode._lpm(ent, a, 4 if width == 32 else 6)
 
 
 def test_capacity_errors():

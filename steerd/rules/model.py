@@ -1,0 +1,168 @@
+"""Rule data types and the numbers the compiler shares with ebpf/rules.h (pure)."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: Default capacity; the loader passes the same value as -DMAX_RULES.
+MAX_RULES = 16384
+
+PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+#: Protocols whose packets carry ports (ebpf/pkt.h parses ports only for these).
+PORT_PROTOS = frozenset({6, 17, 132, 136})
+#: Port tables are per protocol class (index = class): see _port_runs.
+PORT_CLASSES = (6, 17, 132, 136)
+
+
+def port_class(proto: int) -> int:
+    """Port table of a packet's protocol (ebpf/rules.h rl_port_class). Packets
+    of other protocols carry port 0, which no rule's port list contains."""
+    return PORT_CLASSES.index(proto) if proto in PORT_CLASSES else 0
+
+DSCP_NAMES: dict[str, int] = {"ef": 46, "le": 1}
+DSCP_NAMES.update({f"cs{i}": 8 * i for i in range(8)})
+DSCP_NAMES.update({f"af{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)})
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+RULE_KEYS = ("name", "match", "wan", "fallback", "priority")
+MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port",
+               "dscp", "ingress")
+
+# Field numbers: bit positions in CompiledRules.used and indexes of the base
+# bitmaps; ebpf/rules.h uses the same numbering (RL_F_*).
+F_SRC, F_DST, F_SPORT, F_DPORT, F_PROTO, F_DSCP, F_INGRESS = range(7)
+NFIELDS = 7
+FIELD_NAMES = ("src", "dst", "src_port", "dst_port", "proto", "dscp", "ingress")
+
+# Verdict kinds (ebpf/rules.h RV_*) and fallback kinds stored per rule.
+RV_NONE, RV_TUNNEL, RV_SPREAD, RV_DROP = 0, 1, 2, 3
+FB_AUTO, FB_DROP, FB_WAN = 0, 1, 2
+NO_TUNNEL = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Match:
+    """One rule's conditions; empty tuple / None = any."""
+
+    src: tuple[Network, ...] = ()
+    src_not: tuple[Network, ...] = ()
+    dst: tuple[Network, ...] = ()
+    dst_not: tuple[Network, ...] = ()
+    proto: frozenset[int] | None = None
+    src_port: tuple[tuple[int, int], ...] = ()
+    dst_port: tuple[tuple[int, int], ...] = ()
+    dscp: frozenset[int] | None = None
+    ingress: tuple[str, ...] = ()
+
+    def constrains(self, f: int) -> bool:
+        """Whether this match restricts field *f* (else the rule is in U[f])."""
+        if f == F_SRC:
+            return bool(self.src or self.src_not)
+        if f == F_DST:
+            return bool(self.dst or self.dst_not)
+        if f == F_SPORT:
+            return bool(self.src_port)
+        if f == F_DPORT:
+            return bool(self.dst_port)
+        if f == F_PROTO:
+            return self.proto is not None
+        if f == F_DSCP:
+            return self.dscp is not None
+        return bool(self.ingress)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Canonical plain form (for `rules list --json`, diffs and docs)."""
+        out: dict[str, Any] = {}
+        for key in ("src", "src_not", "dst", "dst_not"):
+            nets = getattr(self, key)
+            if nets:
+                out[key] = [str(n) for n in nets]
+        if self.proto is not None:
+            out["proto"] = [proto_name(p) for p in sorted(self.proto)]
+        for key in ("src_port", "dst_port"):
+            ranges = getattr(self, key)
+            if ranges:
+                out[key] = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges]
+        if self.dscp is not None:
+            out["dscp"] = sorted(self.dscp)
+        if self.ingress:
+            out["ingress"] = list(self.ingress)
+        return out
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: Match
+    wan: str
+    fallback: str = "auto"          # "auto" | "drop" | a wan role
+    priority: int | None = None
+    line: int = field(default=0, compare=False)   # where it was written (0: unknown); not identity
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "match": self.match.as_dict(),
+                               "wan": self.wan, "fallback": self.fallback}
+        if self.priority is not None:
+            out["priority"] = self.priority
+        return out
+
+    def summary(self) -> str:
+        """One line, e.g. ``dst 10.20.5.0/24 proto udp dst_port 5060 -> wan2 (fallback auto)``."""
+        parts = []
+        for key, val in self.match.as_dict().items():
+            parts.append(f"{key} {','.join(str(v) for v in val)}")
+        cond = " ".join(parts) or "any"
+        return f"{cond} -> {self.wan} (fallback {self.fallback})"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    path: str = "<rules>"
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.rules]
+
+    def by_name(self) -> dict[str, Rule]:
+        return {r.name: r for r in self.rules}
+
+
+@dataclass(frozen=True)
+class PacketKey:
+    """What the classifier sees of a packet (struct pkt + the ingress interface).
+
+    Ports are 0 for protocols without ports and for non-first fragments."""
+
+    family: int
+    src: Address
+    dst: Address
+    proto: int
+    sport: int = 0
+    dport: int = 0
+    dscp: int = 0
+    ifindex: int = 0
+    ifname: str | None = None
+
+    @staticmethod
+    def make(src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0,
+             dscp: int = 0, ifindex: int = 0, ifname: str | None = None) -> "PacketKey":
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        if s.version != d.version:
+            raise ValueError("src and dst of different families")
+        p = PROTO_NAMES[proto] if isinstance(proto, str) else proto
+        return PacketKey(s.version, s, d, p, sport, dport, dscp, ifindex, ifname)
+
+
+def proto_name(p: int) -> str | int:
+    for name, num in PROTO_NAMES.items():
+        if num == p:
+            return name
+    return p

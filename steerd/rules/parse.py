@@ -1,0 +1,348 @@
+"""Rules file -> RuleSet: parse and validate, every problem with file and line (pure)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Iterable
+
+import yaml
+
+from steerd.fastyaml import fast_load
+from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
+                                PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
+from steerd.yamlsrc import Node, Problem, ValidationError, load_yaml
+
+
+class _Ctx:
+    """Collects problems for one file so that all errors come out at once."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def bad(self, node: Node | None, line: int, key: str, value: Any, expected: str) -> None:
+        self.problems.append(Problem(self.path, node.line if node else line, key, value, expected))
+
+
+def _as_list(node: Node) -> list[Node]:
+    """A scalar or a sequence, as a list of nodes (``dst: 10.0.0.0/8`` == ``dst: [10.0.0.0/8]``)."""
+    if node.tag == "seq":
+        return list(node.value)
+    if node.value is None:
+        return []
+    return [node]
+
+
+def _parse_nets(ctx: _Ctx, node: Node, key: str, allow_bang: bool
+                ) -> tuple[list[Network], list[Network]]:
+    pos: list[Network] = []
+    neg: list[Network] = []
+    expected = "a CIDR like 10.0.0.0/8 or 2001:db8::/32 (network address, host bits zero)"
+    if allow_bang:
+        expected += ', "!CIDR" (quoted) to negate'
+    for i, item in enumerate(_as_list(node)):
+        k = f"{key}[{i}]" if node.tag == "seq" else key
+        v = item.value
+        if item.tag != "scalar" or not isinstance(v, str) or not v.strip():
+            ctx.bad(item, 0, k, item.plain(), expected)
+            continue
+        text, target = v.strip(), pos
+        if text.startswith("!"):
+            if not allow_bang:
+                ctx.bad(item, 0, k, v, "a CIDR without '!' (this list is already negated)")
+                continue
+            text, target = text[1:].strip(), neg
+        try:
+            target.append(ipaddress.ip_network(text, strict=True))
+        except ValueError:
+            ctx.bad(item, 0, k, v, expected)
+    return pos, neg
+
+
+def _parse_proto(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
+    out: set[int] = set()
+    any_ = False
+    expected = "tcp, udp, icmp, icmpv6, sctp, any or a protocol number 0..255 (or a list of them)"
+    items = _as_list(node)
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]" if node.tag == "seq" else key
+        v = item.value
+        if isinstance(v, str) and v.strip().lower() == "any":
+            any_ = True
+        elif isinstance(v, str) and v.strip().lower() in PROTO_NAMES:
+            out.add(PROTO_NAMES[v.strip().lower()])
+        elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
+            out.add(v)
+        else:
+            ctx.bad(item, 0, k, item.plain(), expected)
+    if any_ or not items:
+        return None
+    return frozenset(out)
+
+
+_PORT_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+
+
+def _parse_ports(ctx: _Ctx, node: Node, key: str) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    expected = 'a port 1..65535 or a range "a-b" with 1 <= a <= b <= 65535'
+    for i, item in enumerate(_as_list(node)):
+        k = f"{key}[{i}]" if node.tag == "seq" else key
+        v = item.value
+        lo = hi = -1
+        if isinstance(v, int) and not isinstance(v, bool):
+            lo = hi = v
+        elif isinstance(v, str):
+            m = _PORT_RE.fullmatch(v)
+            if m:
+                lo = int(m.group(1))
+                hi = int(m.group(2)) if m.group(2) is not None else lo
+        if 1 <= lo <= hi <= 65535:
+            out.append((lo, hi))
+        else:
+            ctx.bad(item, 0, k, item.plain(), expected)
+    return out
+
+
+def _parse_dscp(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
+    out: set[int] = set()
+    expected = "a DSCP 0..63 or a name (ef, le, cs0..cs7, af11..af43), or a list of them"
+    items = _as_list(node)
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]" if node.tag == "seq" else key
+        v = item.value
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 63:
+            out.add(v)
+        elif isinstance(v, str) and v.strip().lower() in DSCP_NAMES:
+            out.add(DSCP_NAMES[v.strip().lower()])
+        else:
+            ctx.bad(item, 0, k, item.plain(), expected)
+    return frozenset(out) if items else None
+
+
+def _parse_ingress(ctx: _Ctx, node: Node, key: str, ingress: set[str] | None) -> list[str]:
+    out: list[str] = []
+    for i, item in enumerate(_as_list(node)):
+        k = f"{key}[{i}]" if node.tag == "seq" else key
+        v = item.value
+        if not isinstance(v, str) or not re.fullmatch(r"[^\s/]{1,15}", v):
+            ctx.bad(item, 0, k, item.plain(), "an interface name (1..15 characters, no '/' or spaces)")
+        elif ingress is not None and v not in ingress:
+            ctx.bad(item, 0, k, v, f"one of the config's ingress interfaces: {sorted(ingress)}")
+        else:
+            out.append(v)
+    return out
+
+
+def _parse_match(ctx: _Ctx, node: Node | None, key: str, ingress: set[str] | None) -> Match:
+    if node is None or node.value is None:
+        return Match()
+    if node.tag != "map":
+        ctx.bad(node, 0, key, node.plain(), "a mapping of match fields")
+        return Match()
+    m = node.value
+    for k in m:
+        if k not in MATCH_KEYS:
+            ctx.bad(m[k], 0, f"{key}.{k}", k, f"one of {', '.join(MATCH_KEYS)}")
+    nets: dict[str, tuple[Network, ...]] = {}
+    for fld in ("src", "dst"):
+        pos: list[Network] = []
+        neg: list[Network] = []
+        if fld in m:
+            pos, neg = _parse_nets(ctx, m[fld], f"{key}.{fld}", allow_bang=True)
+        if f"{fld}_not" in m:
+            more, _ = _parse_nets(ctx, m[f"{fld}_not"], f"{key}.{fld}_not", allow_bang=False)
+            neg += more
+        nets[fld], nets[f"{fld}_not"] = tuple(dict.fromkeys(pos)), tuple(dict.fromkeys(neg))
+    proto = _parse_proto(ctx, m["proto"], f"{key}.proto") if "proto" in m else None
+    sport = _parse_ports(ctx, m["src_port"], f"{key}.src_port") if "src_port" in m else []
+    dport = _parse_ports(ctx, m["dst_port"], f"{key}.dst_port") if "dst_port" in m else []
+    if (sport or dport) and proto is not None and not (proto & PORT_PROTOS):
+        ctx.bad(m["proto"], 0, f"{key}.proto", m["proto"].plain(),
+                "tcp, udp, sctp or any: src_port/dst_port never match a protocol without ports")
+    dscp = _parse_dscp(ctx, m["dscp"], f"{key}.dscp") if "dscp" in m else None
+    ing = _parse_ingress(ctx, m["ingress"], f"{key}.ingress", ingress) if "ingress" in m else []
+    return Match(src=nets["src"], src_not=nets["src_not"], dst=nets["dst"], dst_not=nets["dst_not"],
+                 proto=proto, src_port=tuple(_merge_ranges(sport)),
+                 dst_port=tuple(_merge_ranges(dport)), dscp=dscp, ingress=tuple(dict.fromkeys(ing)))
+
+
+def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping/adjacent ranges merged: one canonical form for diffs."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _wan_expected(wans: set[str] | None) -> str:
+    return f"one of the config's wan roles: {', '.join(sorted(wans))}" if wans is not None \
+        else "a wan role name"
+
+
+def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
+                ingress: set[str] | None, seen: dict[str, int]) -> Rule | None:
+    key = f"rules[{idx}]"
+    if node.tag != "map":
+        ctx.bad(node, 0, key, node.plain(), "a mapping with name, match, wan, fallback")
+        return None
+    r = node.value
+    before = len(ctx.problems)
+    for k in r:
+        if k not in RULE_KEYS:
+            ctx.bad(r[k], 0, f"{key}.{k}", k, f"one of {', '.join(RULE_KEYS)}")
+    name = r["name"].value if "name" in r else None
+    if "name" not in r:
+        ctx.bad(node, 0, f"{key}.name", None, "a rule name (required)")
+    elif not isinstance(name, str) or not NAME_RE.match(name):
+        ctx.bad(r["name"], 0, f"{key}.name", r["name"].plain(),
+                "1..64 characters of A-Z a-z 0-9 _ . : -")
+    elif name in seen:
+        ctx.bad(r["name"], 0, f"{key}.name", name, f"a unique name (also used on line {seen[name]})")
+    else:
+        seen[name] = r["name"].line
+    match = _parse_match(ctx, r.get("match"), f"{key}.match", ingress)
+    wan = r["wan"].value if "wan" in r else None
+    if "wan" not in r:
+        ctx.bad(node, 0, f"{key}.wan", None, f"{_wan_expected(wans)} (required)")
+    elif not isinstance(wan, str) or not wan or (wans is not None and wan not in wans):
+        ctx.bad(r["wan"], 0, f"{key}.wan", r["wan"].plain(), _wan_expected(wans))
+    fallback = r["fallback"].value if "fallback" in r else "auto"
+    if "fallback" in r:
+        ok = isinstance(fallback, str) and (
+            fallback in ("auto", "drop") or
+            (fallback != wan and (wans is None or fallback in wans) and bool(fallback)))
+        if not ok:
+            ctx.bad(r["fallback"], 0, f"{key}.fallback", r["fallback"].plain(),
+                    "auto, drop or a wan role other than the rule's wan" +
+                    (f" ({', '.join(sorted(wans))})" if wans is not None else ""))
+    priority = r["priority"].value if "priority" in r else None
+    if "priority" in r and (not isinstance(priority, int) or isinstance(priority, bool)
+                            or not 1 <= priority <= 255):
+        ctx.bad(r["priority"], 0, f"{key}.priority", r["priority"].plain(), "an integer 1..255")
+    if len(ctx.problems) != before:
+        return None
+    return Rule(name=name, match=match, wan=wan, fallback=fallback, priority=priority,
+                line=node.line)
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate()
+    return out
+
+
+if getattr(yaml, "__with_libyaml__", False):
+    class _FastLoader(yaml.CSafeLoader):   # type: ignore[name-defined,misc]
+        """libyaml-backed safe loader that refuses duplicate keys (load_yaml reports them)."""
+
+    def _fast_mapping(loader: Any, node: yaml.MappingNode) -> dict[Any, Any]:
+        keys = [k.value for k, _ in node.value]
+        if len(set(keys)) != len(keys):
+            raise _Duplicate()
+        return loader.construct_mapping(node, deep=True)
+
+    _FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _fast_mapping)
+else:   # pragma: no cover - Debian's python3-yaml has libyaml
+    _FastLoader = None
+
+
+def _wrap(obj: Any) -> Node:
+    """Plain data as a Node tree without line numbers (line 0)."""
+    if isinstance(obj, dict):
+        return Node({k if isinstance(k, str) else repr(k): _wrap(v) for k, v in obj.items()},
+                    0, "map")
+    if isinstance(obj, list):
+        return Node([_wrap(v) for v in obj], 0, "seq")
+    return Node(obj, 0, "scalar")
+
+
+def _fast_tree(text: str) -> Node | None:
+    """The file's tree, fast: json for JSON files (JSON is YAML), else
+    steerd.fastyaml (plain block YAML, ~0.15 s for 10,000 rules), else libyaml
+    (~0.7 s); JSON and libyaml without line numbers. None when that is not
+    possible. load_yaml's pure-Python composer takes ~3 s for 10,000 rules:
+    it is used only when there is an error to report, to name its line."""
+    try:
+        if text.lstrip().startswith("{"):
+            return _wrap(json.loads(text, object_pairs_hook=_json_pairs))
+        tree = fast_load(text)
+        if tree is not None:
+            return tree
+        if _FastLoader is not None:
+            data = yaml.load(text, Loader=_FastLoader)
+            return _wrap(data if data is not None else {})
+    except (ValueError, _Duplicate, yaml.YAMLError, RecursionError):
+        pass
+    return None
+
+
+def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | None,
+              max_rules: int) -> tuple[list[Rule | None], list[Problem]]:
+    ctx = _Ctx(path)
+    if root.tag != "map":
+        ctx.bad(root, 0, "<top>", root.plain(), "a mapping with the key 'rules'")
+        return [], ctx.problems
+    for k in root.value:
+        if k != "rules":
+            ctx.bad(root.value[k], 0, k, k, "only the key 'rules'")
+    rules_node = root.value.get("rules")
+    items: list[Node] = []
+    if rules_node is not None and rules_node.value is not None:
+        if rules_node.tag != "seq":
+            ctx.bad(rules_node, 0, "rules", rules_node.plain(), "a list of rules")
+        else:
+            items = rules_node.value
+    if len(items) > max_rules:
+        ctx.bad(items[max_rules], 0, f"rules[{max_rules}]", len(items),
+                f"at most {max_rules} rules")
+    seen: dict[str, int] = {}
+    rules = [_parse_rule(ctx, item, i, wans, ingress, seen) for i, item in enumerate(items)]
+    return rules, ctx.problems
+
+
+def parse_rules(text: str, path: str, wans: set[str] | None = None,
+                ingress: set[str] | None = None, max_rules: int = MAX_RULES) -> RuleSet:
+    """Parse and validate a rules file. Raises ValidationError listing every problem.
+
+    *wans*: the config's wan roles (``SiteConfig.wans``); None skips that check.
+    *ingress*: the config's ingress interfaces; None skips that check.
+    Rules parsed on the fast path have ``line == 0`` (unknown)."""
+    fast = _fast_tree(text)
+    if fast is not None:
+        rules, problems = _validate(fast, path, wans, ingress, max_rules)
+        if not problems:
+            return RuleSet(tuple(r for r in rules if r is not None), path)
+    try:
+        root = load_yaml(text, path)
+    except yaml.MarkedYAMLError as exc:
+        # e.g. an unquoted "!10.0.0.0/8" is a YAML tag that the constructor rejects
+        mark = exc.problem_mark or exc.context_mark
+        raise ValidationError([Problem(path, mark.line + 1 if mark else 1, "<yaml>",
+                                       str(exc.problem),
+                                       'well-formed YAML (quote negated CIDRs: "!10.0.0.0/8")')]
+                              ) from None
+    rules, problems = _validate(root, path, wans, ingress, max_rules)
+    if problems:
+        raise ValidationError(problems)
+    return RuleSet(tuple(r for r in rules if r is not None), path)
+
+
+def load_rules(path: str, wans: set[str] | None = None, ingress: set[str] | None = None,
+               max_rules: int = MAX_RULES) -> RuleSet:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ValidationError([Problem(path, 0, "<file>", exc.strerror, "a readable rules file")]) \
+            from None
+    return parse_rules(text, path, wans, ingress, max_rules)
