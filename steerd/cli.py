@@ -73,7 +73,7 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
 
 def render_status(st: dict[str, Any], bars: bool = False) -> str:
     head = f"site {st['site']}   active HA role: {st['active_ha_role']}   rules: {st.get('rules', 0)}"
-    headers = ["TUNNEL", "ROLE", "WAN", "IFACE", "STATE", "RTT", "JITTER", "LOSS", "WEIGHT",
+    headers = ["TUNNEL", "ROLE", "WAN", "IFACE", "STATE", "RTT", "JITTER", "LOSS", "MOS", "WEIGHT",
                "SHARE", "FLOWS", "TX PKTS", "TX BYTES"]
     rows = []
     for t in st["tunnels"]:
@@ -82,9 +82,10 @@ def render_status(st: dict[str, Any], bars: bool = False) -> str:
             share += " " + "#" * round(t["share"] * 20)
         rows.append([t["name"], t["ha_role"], t["wan"], t["interface"], t["state"],
                      _fmt(t["rtt_ms"], " ms", 2), _fmt(t["jitter_ms"], " ms", 2),
-                     _fmt(t["loss_pct"], " %"), f"{t['weight'] * 100:.1f}%", share,
+                     _fmt(t["loss_pct"], " %"), _fmt(t.get("mos"), "", 2),
+                     f"{t['weight'] * 100:.1f}%", share,
                      str(t.get("flows", "-")), str(t["tx_packets"]), _bytes(t["tx_bytes"])])
-    return head + "\n" + table(headers, rows, right={5, 6, 7, 8, 10, 11, 12})
+    return head + "\n" + table(headers, rows, right={5, 6, 7, 8, 9, 11, 12, 13})
 
 
 @click.group()

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
+from .mos import mos_of_stats
 
 log = logging.getLogger("steerd.metrics")
 LABELS = ["tunnel", "wan", "ha_role"]
@@ -29,6 +30,7 @@ class SteerdCollector:
             ("tunnel_rtt_seconds", "mean probe round-trip time over the window"),
             ("tunnel_jitter_seconds", "mean variation of consecutive RTTs over the window"),
             ("tunnel_loss_ratio", "probe loss over the window (0..1)"),
+            ("tunnel_mos", "estimated voice MOS (1..4.5, simplified G.107 E-model, G.711)"),
             ("tunnel_weight", "normalised weight (bandwidth x health x preference)"),
             ("tunnel_share", "fraction of slots (new flows) assigned to the tunnel"),
         )}
@@ -53,6 +55,9 @@ class SteerdCollector:
                     g["tunnel_rtt_seconds"].add_metric(lv, st.rtt_mean)
                 if st.jitter is not None:
                     g["tunnel_jitter_seconds"].add_metric(lv, st.jitter)
+                mos = mos_of_stats(st.rtt_mean, st.jitter, st.loss_ratio)
+                if mos is not None:
+                    g["tunnel_mos"].add_metric(lv, mos)
             if d.probers:
                 ctr["probe_sent"].add_metric(lv, getattr(d.probers[i], "sent", 0))
                 ctr["probe_received"].add_metric(lv, getattr(d.probers[i], "received", 0))

@@ -4,9 +4,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .mos import mos_of_stats
+
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _mos(st) -> float | None:
+    m = mos_of_stats(st.rtt_mean, st.jitter, st.loss_ratio) if st else None
+    return None if m is None else round(m, 2)
 
 
 def tunnel_rows(daemon) -> list[dict[str, Any]]:
@@ -26,6 +33,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
             "rtt_p50_ms": _ms(st.rtt_p50) if st else None,
             "jitter_ms": _ms(st.jitter) if st else None,
             "loss_pct": round(st.loss_ratio * 100, 2) if st else None,
+            "mos": _mos(st),
             "weight": round(c.weights[i] / total_w, 4),
             "share": round(shares[i], 4),
             "flows": flows[i],

@@ -16,6 +16,7 @@ from steerd.lab.runner import send
 pytestmark = pytest.mark.kernel
 # steerd_rule_matches_total{rule} has a sample per rule: checked where rules are applied
 DESIGN_NAMES = ["steerd_tunnel_up", "steerd_tunnel_rtt_seconds", "steerd_tunnel_jitter_seconds",
+                "steerd_tunnel_mos",
                 "steerd_tunnel_loss_ratio", "steerd_tunnel_weight", "steerd_tunnel_tx_packets_total",
                 "steerd_tunnel_tx_bytes_total", "steerd_ha_active_role",
                 "steerd_rebalances_total", "steerd_link_state_changes_total",

@@ -124,3 +124,36 @@ def test_events_list_has_the_start(daemon):
 def test_unreachable_socket_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(steerctl, ["--socket", str(tmp_path / "none.sock"), "status"])
     assert res.exit_code == 1 and "cannot reach steerd" in res.output
+
+
+def test_status_and_metrics_carry_each_tunnels_mos(daemon):
+    from prometheus_client.core import Metric   # noqa: F401 (collector yields these)
+
+    from steerd.config import HealthConfig, ProbeConfig
+    from steerd.health import LinkMonitor, simulate
+    from steerd.metrics import SteerdCollector
+    from steerd.mos import mos
+
+    # measured paths: 20 ms RTT clean on every tunnel, 250 ms on the first, 30 % loss on the second
+    mons = []
+    for i, t in enumerate(daemon.cfg.tunnels):
+        mon = LinkMonitor(t.name, ProbeConfig(), HealthConfig(), 0.0)
+        rtt = 0.25 if i == 0 else 0.02
+        simulate(mon, lambda seq, sent, i=i, rtt=rtt: None if i == 1 and seq % 10 < 3 else rtt,
+                 0.0, 20.0)
+        mons.append(mon)
+    daemon.monitors = mons
+    res = CliRunner().invoke(steerctl, ["--socket", daemon.cfg.control_socket, "status", "--json"])
+    rows = {t["name"]: t for t in json.loads(res.output)["tunnels"]}
+    names = [t.name for t in daemon.cfg.tunnels]
+    for name in names:
+        t = rows[name]
+        assert abs(t["mos"] - mos(t["rtt_ms"], t["jitter_ms"], t["loss_pct"])) <= 0.0051
+    # 250 ms RTT: one-way 135 ms, still "best" for G.107; 30 % loss: barely "poor"
+    assert rows[names[0]]["mos"] < rows[names[2]]["mos"] and rows[names[1]]["mos"] < 2.7
+    table_out = CliRunner().invoke(steerctl, ["--socket", daemon.cfg.control_socket, "status"]).output
+    assert " MOS " in table_out and f"{rows[names[2]]['mos']:.2f}" in table_out
+    got = {s.labels["tunnel"]: s.value for fam in SteerdCollector(daemon).collect()
+           if fam.name == "steerd_tunnel_mos" for s in fam.samples}
+    assert set(got) == set(names)
+    assert all(abs(got[n] - rows[n]["mos"]) < 0.006 for n in names)
