@@ -16,7 +16,7 @@ all: test
 deps:
 	@scripts/install-deps.sh $(APT_PKGS)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

@@ -6,14 +6,12 @@
 #
 # What goes where (paths as seen on the target system):
 #   /opt/steerd/releases/<version>-<time>/  a venv (--system-site-packages, so Debian's
-#                                           python3-bpfcc is importable) with steerd
-#                                           installed, plus share/ebpf (the C sources)
+#                                           python3-bpfcc is importable) with steerd's
+#                                           wheel installed; the wheel carries the
+#                                           classifier's C sources (steerd/ebpf), so the
+#                                           Python code and the C of one release stay
+#                                           together, switched by one rename
 #   /opt/steerd/current                     symlink to the active release
-#   /usr/share/steerd/ebpf                  symlink to /opt/steerd/current/share/ebpf, where
-#                                           steerd looks (steerd/dataplane/program.py
-#                                           ebpf_dir()); going through `current` keeps
-#                                           the C sources and the Python code of one
-#                                           release together, switched by one rename
 #   /usr/local/bin/steerd, steerctl         symlinks into /opt/steerd/current/bin
 #   /usr/local/lib/steerd/steerd-stop-post  the unit's ExecStopPost helper
 #   /usr/local/lib/systemd/system/steerd.service
@@ -103,20 +101,25 @@ rel="$OPT/releases/$release"          # final path
 stage=$(mktemp -d "${TMPDIR:-/tmp}/steerd-install.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
-# --- 1. the release: venv + package + eBPF sources ---------------------------------
-# pip builds from a copy: building from the tree itself would leave build/ and
+# --- 1. the release: a venv with steerd's wheel ----------------------------------
+# The wheel is built from a copy: building in the tree itself would leave build/ and
 # *.egg-info in a checkout that may be in use.
-tar -C "$src" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md steerd \
-    | tar -C "$stage" -xf -
+mkdir -p "$stage/src" "$stage/dist"
+tar -C "$src" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml setup.py README.md \
+    steerd ebpf | tar -C "$stage/src" -xf -
 say "building release $release in $R$rel"
 mkdir -p "$R$OPT/releases"
 "$PYTHON" -m venv --system-site-packages "$R$rel"
 # shellcheck disable=SC2086 # pip_args is a list of words on purpose
+"$R$rel/bin/pip" wheel --quiet --disable-pip-version-check --no-deps $pip_args \
+    --wheel-dir "$stage/dist" "$stage/src" || die "building the wheel failed; nothing switched"
+set -- "$stage/dist"/steerd-*.whl
+if [ $# -ne 1 ] || [ ! -f "$1" ]; then
+    die "expected one steerd wheel in $stage/dist, found: $*"
+fi
+# shellcheck disable=SC2086
 "$R$rel/bin/pip" install --quiet --disable-pip-version-check --no-warn-script-location \
-    $pip_args "$stage"
-mkdir -p "$R$rel/share"
-cp -R "$src/ebpf" "$R$rel/share/ebpf"
-find "$R$rel/share/ebpf" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
+    $pip_args "$1"
 if [ -n "$R" ]; then
     # venvs hard-code their own path in script shebangs and activate scripts:
     # point them at where the release will live, not where it was staged.
@@ -126,8 +129,11 @@ if [ -n "$R" ]; then
 fi
 # Never switch to a release that cannot even import (the interpreter finds its
 # site-packages from its own location, so this works when staged too).
-"$R$rel/bin/python" -c 'import steerd.daemon, steerd.cli' \
-    || die "the new release does not import; left in $R$rel, nothing switched"
+# The C sources must have come with the wheel: steerd compiles them at start.
+"$R$rel/bin/python" -c 'import steerd.daemon, steerd.cli
+from steerd.dataplane.sources import ebpf_dir
+assert (ebpf_dir() / "steer.c").is_file(), ebpf_dir()' \
+    || die "the new release does not import or lacks its C sources; left in $R$rel, nothing switched"
 if [ ! -x "$R$rel/bin/steerd" ] || [ ! -x "$R$rel/bin/steerctl" ]; then
     die "console scripts missing in $R$rel/bin"
 fi
@@ -165,11 +171,6 @@ fi
 previous=$(readlink "$R$OPT/current" 2>/dev/null || true)
 ln -sfn "releases/$release" "$R$OPT/current.new"
 mv -Tf "$R$OPT/current.new" "$R$OPT/current"
-ln -sfn "$OPT/current/share/ebpf" "$R$SHARE/ebpf.new"
-if [ -d "$R$SHARE/ebpf" ] && [ ! -L "$R$SHARE/ebpf" ]; then
-    rm -rf "$R$SHARE/ebpf"        # a plain copy from an older install script
-fi
-mv -Tf "$R$SHARE/ebpf.new" "$R$SHARE/ebpf"
 for b in steerd steerctl; do
     ln -sfn "$OPT/current/bin/$b" "$R/usr/local/bin/$b.new"
     mv -Tf "$R/usr/local/bin/$b.new" "$R/usr/local/bin/$b"
@@ -184,6 +185,12 @@ for d in "$R$OPT/releases"/*; do
         rm -rf "$d"
     fi
 done
+# Releases installed before the wheel carried the C sources found them through
+# /usr/share/steerd/ebpf -> current/share/ebpf: keep that link while one of them can
+# still be rolled back to.
+if [ -L "$R$SHARE/ebpf" ] && ! ls -d "$R$OPT"/releases/*/share/ebpf >/dev/null 2>&1; then
+    rm -f "$R$SHARE/ebpf"
+fi
 
 # --- 4. the live system: group, systemd --------------------------------------------
 if [ $live = no ]; then

@@ -10,21 +10,11 @@ import ctypes as ct
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+
+from .sources import ebpf_dir, inline_includes
 
 MAX_TUNNELS = 8
 NO_TUNNEL = 0xFFFFFFFF
-
-
-def ebpf_dir() -> Path:
-    """Where the C sources are: $STEERD_EBPF_DIR, the source tree, or the installed copy."""
-    env = os.environ.get("STEERD_EBPF_DIR")
-    if env:
-        return Path(env)
-    tree = Path(__file__).resolve().parents[2] / "ebpf"
-    if (tree / "steer.c").exists():
-        return tree
-    return Path("/usr/share/steerd/ebpf")
 
 
 @dataclass(frozen=True)
@@ -85,10 +75,10 @@ class Classifier:
 
         ensure_bpffs(params.pin_dir)
         self.params = params
-        from .rulemaps import inline_includes, rules_cflags
+        from .rulemaps import rules_cflags
         self.with_rules = (ebpf_dir() / "rules.h").exists()
         # bcc rewrites map calls only in its main file: headers are pasted in
-        src = inline_includes((ebpf_dir() / "steer.c").read_text(), ebpf_dir())
+        src = inline_includes((ebpf_dir() / "steer.c").read_text())
         cflags = params.cflags(self.with_rules) + (rules_cflags() if self.with_rules else [])
         self.bpf = BPF(text=src.encode(), cflags=cflags)
         self.fn = self.bpf.load_func("steer", BPF.SCHED_CLS)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import re
 import time
 from array import array
-from pathlib import Path
 from typing import Any, Mapping
 
 from bcc.libbcc import lib
@@ -21,34 +19,10 @@ from bcc.utils import get_possible_cpus
 
 from steerd.rules import F_DPORT, F_SPORT, NFIELDS, NO_TUNNEL, CompiledRules, Limits
 
-#: Where the matcher's C lives.
-EBPF_DIR = Path(__file__).resolve().parents[2] / "ebpf"
-
 #: After a flip, a packet that read the old ``rl_active`` may still be
 #: classifying against the old half; wait this long before rewriting it
 #: (a packet takes microseconds; this is a wide margin).
 _REUSE_GRACE_S = 0.02
-
-
-def inline_includes(src: str, base_dir: str | Path = EBPF_DIR, _seen: set[str] | None = None) -> str:
-    """Paste local ``#include "x.h"`` files into *src*.
-
-    bcc rewrites map accesses (``map.lookup(...)``) only in its main file; in an
-    included header they compile to an indirect call the verifier rejects. So a
-    program that uses rules.h must be handed to bcc with the header inlined."""
-    seen = _seen if _seen is not None else set()
-    base = Path(base_dir)
-
-    def repl(m: re.Match[str]) -> str:
-        path = (base / m.group(1)).resolve()
-        if str(path) in seen:
-            return ""
-        if not path.exists():
-            return m.group(0)  # e.g. rules.h absent: its #include sits under #ifdef WITH_RULES
-        seen.add(str(path))
-        return inline_includes(path.read_text(), path.parent, seen)
-
-    return re.sub(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', repl, src, flags=re.M)
 
 
 def rules_cflags(limits: Limits = Limits()) -> list[str]:

@@ -17,13 +17,20 @@ from .topology import Lab
 PY = sys.executable
 
 
+#: How the lab runs steerd: this interpreter's steerd (the checkout under test).
+STEERD = (PY, "-m", "steerd.daemon")
+
+
 class SteerdProcess:
+    """steerd in the lab's gateway namespace; *command* runs another steerd (an
+    installed console script, say) instead of this interpreter's."""
+
     def __init__(self, lab: Lab, config_path: str, extra_args: tuple[str, ...] = (),
-                 log_path: str | None = None):
-        self.lab, self.config_path = lab, config_path
+                 log_path: str | None = None, command: tuple[str, ...] = STEERD):
+        self.lab, self.config_path, self.command = lab, config_path, command
         self.log_path = log_path or os.path.join(lab.run_dir, "steerd.log")
         self.log = open(self.log_path, "ab")
-        self.proc = ns_popen(lab.gw, [PY, "-m", "steerd.daemon", "--config", config_path, *extra_args],
+        self.proc = ns_popen(lab.gw, [*command, "--config", config_path, *extra_args],
                              stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
 
@@ -63,7 +70,7 @@ class SteerdProcess:
         return self.proc.returncode
 
     def cleanup(self) -> str:
-        res = subprocess.run(["ip", "netns", "exec", self.lab.gw, PY, "-m", "steerd.daemon",
+        res = subprocess.run(["ip", "netns", "exec", self.lab.gw, *self.command,
                               "--config", self.config_path, "--cleanup"], capture_output=True, text=True)
         return res.stdout + res.stderr
 

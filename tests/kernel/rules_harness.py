@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steerd.dataplane.rulemaps import EBPF_DIR, RuleMaps, inline_includes, rules_cflags
+from steerd.dataplane.rulemaps import RuleMaps, rules_cflags
+from steerd.dataplane.sources import ebpf_dir, inline_includes
 from steerd.dataplane.testrun import SkBuff, build_packet, test_run_ctx
 from steerd.rules import Limits, PacketKey
 
@@ -19,9 +20,9 @@ class Harness:
     def __init__(self, limits: Limits = Limits()):
         from bcc import BPF   # imported late: unit tests never need bcc
 
-        src = inline_includes((HERE / "rules_harness.c").read_text(), EBPF_DIR)
+        src = inline_includes((HERE / "rules_harness.c").read_text())
         # pkt.h uses the kernel's uapi headers; bcc finds them, -I is for our own
-        self.bpf: Any = BPF(text=src.encode(), cflags=[f"-I{EBPF_DIR}", *rules_cflags(limits)])
+        self.bpf: Any = BPF(text=src.encode(), cflags=[f"-I{ebpf_dir()}", *rules_cflags(limits)])
         self.fn = self.bpf.load_func(b"rules_harness", BPF.SCHED_CLS)
         self.base_fn = self.bpf.load_func(b"rules_baseline", BPF.SCHED_CLS)
         self.nocount_fn = self.bpf.load_func(b"rules_harness_nocount", BPF.SCHED_CLS)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -490,16 +491,19 @@ def test_install_into_temp_root(tmp_path):
                    if p.is_file() and not p.is_symlink())
     assert "include-system-site-packages = true" in (current / "pyvenv.cfg").read_text()
 
-    # eBPF sources: in the release, reachable where steerd looks for them
-    assert os.readlink(root / "usr/share/steerd/ebpf") == "/opt/steerd/current/share/ebpf"
-    for f in (ROOT / "ebpf").iterdir():
-        assert (current / "share/ebpf" / f.name).read_bytes() == f.read_bytes()
-    res = installed_python(root, "import steerd, sys; from steerd.dataplane.program import ebpf_dir;"
+    # the C sources came with the wheel, inside the release, where steerd finds them
+    assert not (root / "usr/share/steerd/ebpf").exists()
+    res = installed_python(root, "import steerd; from steerd.dataplane.sources import ebpf_dir;"
                                  "print(steerd.__file__); print(ebpf_dir())")
     assert res.returncode == 0, res.stderr
-    module, ebpf = res.stdout.split()
-    assert module.startswith(str(root / "opt/steerd") + "/"), module   # not this checkout
-    assert ebpf == "/usr/share/steerd/ebpf"
+    module, ebpf = map(Path, res.stdout.split())
+    assert str(module).startswith(str(root / "opt/steerd") + "/"), module   # not this checkout
+    assert ebpf == module.parent / "ebpf"
+    shipped = {f.name for f in (ROOT / "ebpf").iterdir() if not f.name.endswith("_test.c")}
+    assert "steer.c" in shipped and {f.name for f in ebpf.iterdir()} == shipped
+    for name in shipped:
+        assert (ebpf / name).read_bytes() == (ROOT / "ebpf" / name).read_bytes(), name
+    assert stat.S_IMODE((root / "etc/steerd").stat().st_mode) == 0o755
 
     # unit, helper, configs, docs
     unit = root / "usr/local/lib/systemd/system/steerd.service"
