@@ -53,6 +53,18 @@ ETC=/etc/steerd
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
+# in_use DIR: does a running process execute from release DIR? A release's console
+# scripts name its own interpreter (#!/opt/steerd/releases/<r>/bin/python3), so the
+# daemon's command line names its release even when started through `current`.
+in_use() {
+    for cmdline in /proc/[0-9]*/cmdline; do
+        if tr '\0' '\n' < "$cmdline" 2>/dev/null | grep -qF "$1/"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=${DESTDIR:-/}
 deps=no
@@ -140,7 +152,9 @@ fi
 
 # --- 2. configuration, docs, helpers (before the switch: the unit needs them) -------
 install -d -m 0755 "$R$SHARE/examples" "$R$SHARE/prometheus" "$R$SHARE/grafana" \
-    "$R$LIBEXEC" "$R$UNIT_DIR" "$R/usr/local/bin" "$R$ETC"
+    "$R$LIBEXEC" "$R$UNIT_DIR" "$R/usr/local/bin"
+# An existing /etc/steerd keeps its owner and mode (an operator may have made it 0700).
+[ -d "$R$ETC" ] || install -d -m 0755 "$R$ETC"
 install -m 0644 "$src/README.md" "$R$SHARE/README.md"
 install -m 0644 "$src/deploy/steerd.example.yaml" "$R$SHARE/examples/steerd.yaml"
 install -m 0644 "$src/deploy/rules.example.yaml" "$R$SHARE/examples/rules.yaml"
@@ -177,13 +191,20 @@ for b in steerd steerctl; do
 done
 say "switched $OPT/current -> releases/$release${previous:+ (was $previous)}"
 
-# Keep the new and the previous release (rollback), drop older ones.
+# Keep the new release, the previous one (rollback) and any a process still runs
+# (after --no-restart, or a refused restart, the daemon runs an older release until
+# it is restarted); drop the others.
 for d in "$R$OPT/releases"/*; do
     [ -d "$d" ] || continue
     name=releases/${d##*/}
-    if [ "$name" != "releases/$release" ] && [ "$name" != "$previous" ]; then
-        rm -rf "$d"
+    if [ "$name" = "releases/$release" ] || [ "$name" = "$previous" ]; then
+        continue
     fi
+    if in_use "$d"; then
+        say "keeping $OPT/$name: still in use by a running process"
+        continue
+    fi
+    rm -rf "$d"
 done
 # Releases installed before the wheel carried the C sources found them through
 # /usr/share/steerd/ebpf -> current/share/ebpf: keep that link while one of them can

@@ -528,23 +528,38 @@ def test_install_into_temp_root(tmp_path):
                            str(etc / "steerd.yaml"), str(etc / "rules.yaml"))
     assert res.returncode == 0, res.stderr
 
-    # upgrade (DESTDIR spelling): config kept, new release current, previous kept
+    # upgrade (DESTDIR spelling): config kept (and the mode the operator gave
+    # /etc/steerd), new release current, previous kept
     (etc / "steerd.yaml").write_text((etc / "steerd.yaml").read_text() + "# edited by the operator\n")
+    etc.chmod(0o700)
     res = install_into(root, via_destdir=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "keeping existing /etc/steerd/steerd.yaml" in res.stdout
     assert (etc / "steerd.yaml").read_text().endswith("# edited by the operator\n")
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o700
     second = os.readlink(current)
     assert second != release
-    assert {p.name for p in (root / "opt/steerd/releases").iterdir()} == \
-        {release.split("/")[1], second.split("/")[1]}
+    releases = root / "opt/steerd/releases"
+    assert {p.name for p in releases.iterdir()} == {release.split("/")[1], second.split("/")[1]}
 
-    # a third install drops the oldest release, keeps the one to roll back to
+    # the first release is still running (a daemon after `--no-restart`): a third
+    # install keeps it; once it exits, a fourth drops it and the second
+    first_py = root / "opt/steerd" / release / "bin/python"
+    running = subprocess.Popen([str(first_py), "-c", "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE)
+    try:
+        res = install_into(root)
+        assert res.returncode == 0, res.stdout + res.stderr
+        third = os.readlink(current)
+        assert f"keeping /opt/steerd/{release}: still in use" in res.stdout
+        assert {p.name for p in releases.iterdir()} == \
+            {r.split("/")[1] for r in (release, second, third)}
+    finally:
+        running.communicate(timeout=10)
     res = install_into(root)
     assert res.returncode == 0, res.stdout + res.stderr
-    third = os.readlink(current)
-    assert {p.name for p in (root / "opt/steerd/releases").iterdir()} == \
-        {second.split("/")[1], third.split("/")[1]}
+    fourth = os.readlink(current)
+    assert {p.name for p in releases.iterdir()} == {third.split("/")[1], fourth.split("/")[1]}
 
     # pip built from a copy: the checkout is not littered with build/ or egg-info
     assert tree_had_build or not (ROOT / "build").exists()
