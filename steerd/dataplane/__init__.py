@@ -2,8 +2,8 @@
 
 `KernelDataplane` receives the desired state (ranges, tunnel marks and tables,
 which tunnels are usable, the slot table) and makes the kernel match it,
-writing only what differs. `FakeDataplane` has the same surface for the
-daemon's unit tests.
+writing only what differs. (`steerd.testing.fake_dataplane.FakeDataplane`
+has the same surface for the daemon's unit tests.)
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from . import qos, routes, tc
@@ -93,7 +93,7 @@ class Dataplane(Protocol):
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
 
 
-def _bump(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
+def bump_slots(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
     """New slot table and the changed slot numbers. A slot that changes hands gets
     a new version so cached flows on it re-decide; except when its old tunnel's
     flows are to stay (failback policy `new-flows`)."""
@@ -226,7 +226,7 @@ class KernelDataplane:
 
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
         """Write only the slots that change hands (one batch). Returns their number."""
-        self.slots, changed = _bump(self.slots, slots, keep_flows_of)
+        self.slots, changed = bump_slots(self.slots, slots, keep_flows_of)
         self._write_slot_entries(changed)
         return len(changed)
 
@@ -296,54 +296,3 @@ def cleanup_kernel(layout: Layout) -> dict[str, int]:
 
 def _exists(ifname: str) -> bool:
     return os.path.exists(f"/sys/class/net/{ifname}")
-
-
-@dataclass
-class FakeDataplane:
-    """In-memory stand-in with the same surface, for daemon/control unit tests."""
-
-    layout: Layout
-    usable: list[bool] = field(default_factory=list)
-    slots: SlotTable | None = None
-    packets: list[tuple[int, int]] = field(default_factory=list)
-
-    def start(self, before_attach=None) -> SlotTable | None:
-        n = self.layout.nslots
-        self.slots = SlotTable([0xFFFFFFFF] * n, [0] * n)
-        self.usable = [False] * len(self.layout.tunnels)
-        self.packets = [(0, 0)] * len(self.layout.tunnels)
-        return None
-
-    def relayout(self, new: Layout, slots: list[int]) -> None:
-        self.layout = new
-        self.slots = SlotTable(list(slots), [v + 1 for v in self.slots.ver])
-        self.usable = [False] * len(new.tunnels)
-        self.packets = [(0, 0)] * len(new.tunnels)
-
-    def set_usable(self, usable: list[bool]) -> None:
-        self.usable = list(usable)
-
-    def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
-        self.caps = list(caps)
-
-    def qos_state(self) -> list[dict | None]:
-        return [None] * len(self.layout.tunnels)
-
-    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
-        self.slots, changed = _bump(self.slots, slots, keep_flows_of)
-        return len(changed)
-
-    def counters(self) -> list[tuple[int, int]]:
-        return list(self.packets)
-
-    def flow_counts(self) -> list[int]:
-        return [0] * len(self.layout.tunnels)
-
-    def slot_load(self) -> list[int]:
-        return [0] * self.layout.nslots
-
-    def close(self) -> None:
-        pass
-
-    def cleanup(self) -> dict[str, int]:
-        return {}

@@ -7,7 +7,7 @@ For the same seeded random drift of 3..6 weights (100 steps) it compares
   resilient  Linux resilient nexthop groups, really programmed in a throwaway
              network namespace and read back bucket by bucket (needs root)
 Every figure is computed in the run. Flows are 10,000 synthetic 5-tuples hashed
-with steerd.flowhash.flow_hash and mapped onto each table as hash % size.
+with steerd.testing.flowhash.flow_hash and mapped onto each table as hash % size.
 Run: tests/bench/rebalance [--seed N] [--steps N] [--no-kernel]
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from steerd.flowhash import flow_hash  # noqa: E402
+from steerd.testing.flowhash import flow_hash  # noqa: E402
 from steerd.selection import build_slots, slots_moved  # noqa: E402
 
 NSLOTS = 4096
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             nh.cleanup()
 
     print(f"rebalance: {args.steps}-step drift (seed {args.seed}), {args.flows} flows "
-          f"(steerd.flowhash), steerd {NSLOTS} slots, Maglev M={MAGLEV_M}, "
+          f"(steerd.testing.flowhash), steerd {NSLOTS} slots, Maglev M={MAGLEV_M}, "
           f"resilient nexthop group {NH_BUCKETS} buckets")
     print("moved = mean fraction per step; x min = mean moved / mean minimum; "
           "err = max |share - weight share| in points (mean over steps / worst step)")

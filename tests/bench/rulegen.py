@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from steerd.dataplane.testrun import build_packet
+from steerd.testing.testrun import build_packet
 
 WANS = ("wan1", "wan2", "wan3")
 

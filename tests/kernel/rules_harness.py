@@ -8,7 +8,7 @@ from typing import Any
 
 from steerd.dataplane.rulemaps import RuleMaps, rules_cflags
 from steerd.dataplane.sources import ebpf_dir, inline_includes
-from steerd.dataplane.testrun import SkBuff, build_packet, test_run_ctx
+from steerd.testing.testrun import SkBuff, build_packet, test_run_ctx
 from steerd.rules import Limits, PacketKey
 
 HERE = Path(__file__).resolve().parent

@@ -21,7 +21,8 @@ import yaml
 
 from steerd.config import parse_config
 from steerd.daemon import Daemon
-from steerd.dataplane import FakeDataplane, Layout
+from steerd.dataplane import Layout
+from steerd.testing.fake_dataplane import FakeDataplane
 from steerd.lab.topology import Lab
 
 pytestmark = pytest.mark.kernel

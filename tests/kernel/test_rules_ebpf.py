@@ -90,7 +90,7 @@ def test_golden_table_ebpf(harness):
 
 
 def test_non_ip_and_fragments(harness):
-    from steerd.dataplane.testrun import build_packet
+    from steerd.testing.testrun import build_packet
     rs = parse_rules("rules: [{name: p80, wan: w, match: {dst_port: 80}},"
                      " {name: udp, wan: w, match: {proto: udp}}]", "r")
     harness.maps.apply(compile_rules(rs, limits=harness.maps.limits), {"w": 4})

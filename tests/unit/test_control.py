@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from steerd.cli import main as steerctl
 from steerd.config import parse_config
 from steerd.daemon import Daemon
-from steerd.dataplane import FakeDataplane, Layout
+from steerd.dataplane import Layout
+from steerd.testing.fake_dataplane import FakeDataplane
 from steerd.lab.topology import Lab
 
 STATUS_KEYS = {"name", "ha_role", "wan", "interface", "state", "rtt_ms", "jitter_ms", "loss_pct",

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from bcc.libbcc import lib as _lib
 
-from ..probe import checksum
+from steerd.probe import checksum
 
 
 class SkBuff(ct.Structure):
