@@ -129,18 +129,25 @@ static __always_inline int parse_pkt_net(struct __sk_buff *skb, struct pkt *p)
     return 0;
 }
 
-/* Flow hash: the Python twin is steerd/flowhash.py (keep them identical).
+/* Flow hash: the Python twin is steerd/testing/flowhash.py, and the constants
+ * are mirrored in steerd/abi.py (tests/unit/test_abi.py compares them).
  * Words are host-order values of the big-endian address words. */
+#define FH_SEED 0x5eed5eed      /* initial value, xor the L4 protocol */
+#define FH_MUL 0x9e3779b1       /* per-word multiply */
+#define FH_ROT 13               /* per-word rotate left */
+#define FH_FMIX1 0x85ebca6b     /* murmur3 finaliser multipliers */
+#define FH_FMIX2 0xc2b2ae35
+
 static __always_inline u32 fh_mix(u32 h, u32 w)
 {
     h ^= w;
-    h *= 0x9e3779b1;
-    return (h << 13) | (h >> 19);
+    h *= FH_MUL;
+    return (h << FH_ROT) | (h >> (32 - FH_ROT));
 }
 
 static __always_inline u32 flow_hash(const struct pkt *p)
 {
-    u32 h = 0x5eed5eed ^ p->proto;
+    u32 h = FH_SEED ^ p->proto;
     h = fh_mix(h, bpf_ntohl(p->src[0]));
     h = fh_mix(h, bpf_ntohl(p->src[1]));
     h = fh_mix(h, bpf_ntohl(p->src[2]));
@@ -152,9 +159,9 @@ static __always_inline u32 flow_hash(const struct pkt *p)
     h = fh_mix(h, ((u32)p->sport << 16) | p->dport);
     /* murmur3 finaliser: spreads the low bits used for the slot index */
     h ^= h >> 16;
-    h *= 0x85ebca6b;
+    h *= FH_FMIX1;
     h ^= h >> 13;
-    h *= 0xc2b2ae35;
+    h *= FH_FMIX2;
     h ^= h >> 16;
     return h;
 }

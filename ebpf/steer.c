@@ -17,6 +17,9 @@
 #include "pkt.h"
 
 #define NO_TUNNEL 0xffffffff
+#ifndef MAX_TUNNELS             /* the loader passes steerd.abi.MAX_TUNNELS */
+#define MAX_TUNNELS 8
+#endif
 
 struct steer_cfg {
     u32 nslots;          /* power of two, <= MAX_SLOTS */

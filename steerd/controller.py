@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import selection
+from .abi import NO_TUNNEL
 from .config import SiteConfig
 
-NO_TUNNEL = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from . import qos, routes, tc
-from .program import MAX_TUNNELS, Cfg, Classifier, ProgramParams, remove_pins
+from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
+from .program import Classifier, ProgramParams, remove_pins
 
 log = logging.getLogger("steerd.dataplane")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,7 +110,7 @@ class KernelDataplane:
     def __init__(self, layout: Layout):
         self.layout = layout
         self.prog: Classifier | None = None
-        self.slots = SlotTable([0xFFFFFFFF] * layout.nslots, [0] * layout.nslots)
+        self.slots = SlotTable([NO_TUNNEL] * layout.nslots, [0] * layout.nslots)
         self.usable = [False] * len(layout.tunnels)
 
     def start(self, before_attach=None) -> SlotTable | None:
@@ -120,7 +121,7 @@ class KernelDataplane:
         self.prog = Classifier(ProgramParams(lay.pin_dir, max_slots=max(lay.nslots, 64),
                                              flow_table_size=lay.flow_table_size))
         adopted = self._read_slots()
-        cfg = Cfg(lay.nslots, lay.mark_mask, int(lay.flow_idle_timeout * 1e9))
+        cfg = SteerCfg(lay.nslots, lay.mark_mask, int(lay.flow_idle_timeout * 1e9))
         self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
         self._write_ranges()
         self._write_tunnels()
@@ -191,7 +192,7 @@ class KernelDataplane:
             routes.remove([t.table for t in old.tunnels], old.rule_priority)
         routes.install([routes.TunnelRoute(t.interface, t.mark, t.table) for t in new.tunnels],
                        list(new.ranges), new.mark_mask, new.rule_priority)
-        cfg = Cfg(new.nslots, new.mark_mask, int(new.flow_idle_timeout * 1e9))
+        cfg = SteerCfg(new.nslots, new.mark_mask, int(new.flow_idle_timeout * 1e9))
         self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
         for ifname in set(old.ingress) - set(new.ingress):
             tc.detach(ifname)

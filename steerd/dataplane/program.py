@@ -11,10 +11,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from ..abi import MAX_TUNNELS
 from .sources import ebpf_dir, inline_includes
-
-MAX_TUNNELS = 8
-NO_TUNNEL = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -61,10 +59,6 @@ def ensure_bpffs(pin_dir: str) -> None:
             raise RuntimeError(f"{parent} is not on a bpf filesystem and mounting one failed "
                                f"({res.stderr.strip()}); mount it first: mount -t bpf bpf {parent}")
     os.makedirs(pin_dir, exist_ok=True)
-
-
-class Cfg(ct.Structure):
-    _fields_ = [("nslots", ct.c_uint32), ("mark_mask", ct.c_uint32), ("flow_idle_ns", ct.c_uint64)]
 
 
 class Classifier:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from bcc.libbcc import lib
 from bcc.utils import get_possible_cpus
 
+from steerd.abi import RlCfg
 from steerd.rules import F_DPORT, F_SPORT, NFIELDS, NO_TUNNEL, CompiledRules, Limits
 
 #: After a flip, a packet that read the old ``rl_active`` may still be
@@ -192,7 +193,8 @@ class RuleMaps:
         self.m["rl_active"].update(array("I", [0]), array("I", [s]), 1)
 
     def _write_cfg(self, s: int, gen: int, nrules: int, used: int, ingress_default: int) -> None:
-        self.m["rl_cfg"].update(array("I", [s]), array("I", [gen, nrules, used, ingress_default]), 1)
+        cfg = bytearray(RlCfg(gen, nrules, used, ingress_default))
+        self.m["rl_cfg"].update(array("I", [s]), cfg, 1)
 
     def _wan_table(self, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> array:
         vals = array("I", [NO_TUNNEL] * self.limits.max_wans)
@@ -263,7 +265,7 @@ class RuleMaps:
         # 4. per-rule actions, wan table, zeroed hit counters
         n = c.nrules
         acts = array("I")
-        for action in c.actions:                 # struct rl_rule {wan, fb_kind, fb_wan, prio}
+        for action in c.actions:                 # steerd.abi.RlRule: wan, fb_kind, fb_wan, prio
             acts.extend(action)
         m["rl_rules"].update(_keys(s * lim.max_rules, n), acts, n)
         self._write_wans(s, c, wan_tunnels)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Mapping, Sequence
 
+from steerd import abi
 from steerd.rules.encode import Layout, _dir
 from steerd.rules.model import (F_SRC, F_DST, FB_AUTO, FB_DROP, FB_WAN, MAX_RULES, NFIELDS,
                                 PORT_CLASSES, PacketKey, Rule, RuleSet)
@@ -26,12 +27,12 @@ class Limits:
     """Dataplane capacities (per rule set); RuleMaps reads them from the loaded maps."""
 
     max_rules: int = MAX_RULES
-    max_bitmaps: int = 1 << 16
-    max_words: int = 1 << 19
-    max_chunks: int = 1 << 16     # 16-entry IPv4 table chunks per set (src and dst share)
-    max_chunks6: int = 1 << 16    # same for IPv6
-    max_wans: int = 16
-    max_ingress: int = 256        # ingress hash entries, both sets
+    max_bitmaps: int = abi.RL_MAX_BITMAPS
+    max_words: int = abi.RL_MAX_WORDS
+    max_chunks: int = abi.RL_MAX_CHUNKS     # 16-entry IPv4 table chunks per set (src and dst share)
+    max_chunks6: int = abi.RL_MAX_CHUNKS6   # same for IPv6
+    max_wans: int = abi.RL_MAX_WANS
+    max_ingress: int = abi.RL_MAX_INGRESS   # ingress hash entries, both sets
 
     def __post_init__(self) -> None:
         if self.max_rules < 64 or self.max_rules & (self.max_rules - 1):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import TYPE_CHECKING
 
+from steerd import abi
 from steerd.rules.model import (F_DPORT, F_DSCP, F_DST, F_INGRESS, F_PROTO, F_SPORT, F_SRC,
                                 NFIELDS, PacketKey, port_class)
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:   # the compiler builds a Layout; only its type is needed here
     from steerd.rules.compile import CompiledRules
 
 
-DIR_CHUNK = 0x80000000   # entry flag: the low 31 bits index a chunk, else an S id
+DIR_CHUNK = abi.RL_CHUNK   # entry flag: the low 31 bits index a chunk, else an S id
 
 
 def _dir(entries: tuple[tuple[int, int, int], ...], pool: array, width: int) -> array:

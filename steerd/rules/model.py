@@ -1,4 +1,5 @@
-"""Rule data types and the numbers the compiler shares with ebpf/rules.h (pure)."""
+"""Rule data types, and the compiler's names for the numbers it shares with
+ebpf/rules.h (the numbers themselves are steerd.abi's). Pure."""
 from __future__ import annotations
 
 import ipaddress
@@ -6,11 +7,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from steerd import abi
+# re-exported under their C names: the verdict kinds, the capacity default
+from steerd.abi import MAX_RULES, NO_TUNNEL, RV_DROP, RV_NONE, RV_SPREAD, RV_TUNNEL  # noqa: F401
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
-#: Default capacity; the loader passes the same value as -DMAX_RULES.
-MAX_RULES = 16384
 
 PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 #: Protocols whose packets carry ports (ebpf/pkt.h parses ports only for these).
@@ -34,15 +37,14 @@ MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port
                "dscp", "ingress")
 
 # Field numbers: bit positions in CompiledRules.used and indexes of the base
-# bitmaps; ebpf/rules.h uses the same numbering (RL_F_*).
-F_SRC, F_DST, F_SPORT, F_DPORT, F_PROTO, F_DSCP, F_INGRESS = range(7)
-NFIELDS = 7
+# bitmaps (the names here are the compiler's, the numbers steerd.abi's).
+F_SRC, F_DST, F_SPORT, F_DPORT = abi.RL_F_SRC, abi.RL_F_DST, abi.RL_F_SPORT, abi.RL_F_DPORT
+F_PROTO, F_DSCP, F_INGRESS = abi.RL_F_PROTO, abi.RL_F_DSCP, abi.RL_F_INGRESS
+NFIELDS = abi.RL_NF
 FIELD_NAMES = ("src", "dst", "src_port", "dst_port", "proto", "dscp", "ingress")
 
-# Verdict kinds (ebpf/rules.h RV_*) and fallback kinds stored per rule.
-RV_NONE, RV_TUNNEL, RV_SPREAD, RV_DROP = 0, 1, 2, 3
-FB_AUTO, FB_DROP, FB_WAN = 0, 1, 2
-NO_TUNNEL = 0xFFFFFFFF
+# Fallback kinds stored per rule.
+FB_AUTO, FB_DROP, FB_WAN = abi.RL_FB_AUTO, abi.RL_FB_DROP, abi.RL_FB_WAN
 
 
 @dataclass(frozen=True)

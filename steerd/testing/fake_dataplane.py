@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from steerd.abi import NO_TUNNEL
 from steerd.dataplane import Layout, SlotTable, bump_slots
 
 
@@ -18,7 +19,7 @@ class FakeDataplane:
 
     def start(self, before_attach=None) -> SlotTable | None:
         n = self.layout.nslots
-        self.slots = SlotTable([0xFFFFFFFF] * n, [0] * n)
+        self.slots = SlotTable([NO_TUNNEL] * n, [0] * n)
         self.usable = [False] * len(self.layout.tunnels)
         self.packets = [(0, 0)] * len(self.layout.tunnels)
         return None
