@@ -90,8 +90,9 @@ class Classifier:
 
 def _release_compiler_heap() -> None:
     """Hand the heap LLVM used for the compile back to the kernel: glibc keeps
-    freed memory in its arenas, ~40 MB of the daemon's RSS for the rest of
-    its life otherwise. Not glibc (no malloc_trim): nothing to do."""
+    freed memory in its arenas, most of the daemon's RSS for the rest of its
+    life otherwise (tests/bench/footprint measures it). Not glibc (no
+    malloc_trim): nothing to do."""
     try:
         ct.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
