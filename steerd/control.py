@@ -103,6 +103,7 @@ async def _client(daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
     if cmd == "status":
+        await daemon.refresh_flow_counts()
         return {"ok": True, "status": status.build(daemon)}
     if cmd == "events":
         since = float(req.get("since") or 0)
@@ -110,31 +111,13 @@ async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
     if cmd == "rules_list":
         return {"ok": True, "rules": status.rules(daemon)}
     if cmd == "rules_apply":
-        return _rules_apply(daemon, req)
+        text, path = req.get("text"), str(req.get("path") or "<steerctl>")
+        if not isinstance(text, str):
+            return {"ok": False, "error": "rules_apply needs 'text' (the rules file content)"}
+        return await daemon.rules_apply(text, path, bool(req.get("dry_run")))
     if cmd == "reload":
         return await daemon.reload()
     return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-
-def _rules_apply(daemon, req: dict[str, Any]) -> dict[str, Any]:
-    from .rules import RuleSet, diff, parse_rules
-    text, path = req.get("text"), str(req.get("path") or "<steerctl>")
-    if not isinstance(text, str):
-        return {"ok": False, "error": "rules_apply needs 'text' (the rules file content)"}
-    try:
-        new = parse_rules(text, path, daemon.cfg.wans, set(daemon.cfg.ingress))
-    except ValidationError as exc:
-        return {"ok": False, "error": "invalid rules, nothing changed",
-                "problems": [p.as_dict() for p in exc.problems], "text": str(exc)}
-    d = diff(daemon.ruleset or RuleSet((), path), new)
-    out = {"ok": True, "dry_run": bool(req.get("dry_run")), "diff": d.as_dict(), "diff_text": d.render()}
-    if not req.get("dry_run"):
-        t0 = time.monotonic()
-        out["generation"] = daemon.apply_rules(new)
-        out["apply_seconds"] = round(time.monotonic() - t0, 4)
-        daemon.events.emit("rules_applied", f"{len(new.rules)} rules from {path}",
-                           added=len(d.added), removed=len(d.removed), changed=len(d.changed))
-    return out
 
 
 async def _follow(daemon, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:

@@ -72,6 +72,17 @@ class Controller:
         self.factors = list(factors)
         return self._program(now, force=force, reason="periodic rebalance", load=load)
 
+    def carry_over(self, old: "Controller", now: float) -> list[Note]:
+        """Continue from *old* (a reload): link states by tunnel name and the HA
+        state. Returns the HA notes the new tunnel set causes (a reload that
+        removes the last primary fails over, one that adds a healthy one fails back)."""
+        old_index = {t.name: i for i, t in enumerate(old.cfg.tunnels)}
+        for i, t in enumerate(self.cfg.tunnels):
+            if t.name in old_index:
+                self.states[i] = old.states[old_index[t.name]]
+        self.ha.carry_over(old.ha)
+        return self._ha(now)
+
     # -- decisions ----------------------------------------------------------
     def _ha(self, now: float) -> list[Note]:
         return [Note(e.type, e.reason, e.tunnel or None) for e in self.ha.update(self.states, now)]

@@ -12,22 +12,29 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from . import control, metrics, sdnotify
+from . import control, metrics, sdnotify, staging
 from .config import SiteConfig, load_config
-from .controller import Controller, Note, Programming
-from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layout,
-                        save_layout)
+from .controller import NO_TUNNEL, Controller, Note, Programming
+from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
+                        record_layout)
 from .events import EventLog
-from .yamlsrc import Problem, ValidationError
+from .yamlsrc import ValidationError
 
 log = logging.getLogger("steerd")
 MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation interval
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
+FLOW_COUNT_MAX_AGE = 1.0  # seconds a status may show old flow counts (a table walk each)
+
+
+HEARTBEAT_MAX_AGE = 10.0   # the probe loop turns at least every MAX_SLEEP; older = stuck
+ERROR_LOG_INTERVAL = 30.0  # a failing iteration logs its traceback at most this often
+
+
+class DaemonFailed(RuntimeError):
+    """A supervised loop ended: exit non-zero so that systemd restarts steerd."""
 
 
 class Daemon:
@@ -40,8 +47,11 @@ class Daemon:
         self.monitors: list = []
         self.probers: list = []
         self.stop_event = asyncio.Event()
-        self.started = time.time()
+        self.started = time.monotonic()
         self.counters_cache: list[tuple[int, int]] = [(0, 0)] * len(cfg.tunnels)
+        self.flow_counts_cache: list[int] = [0] * len(cfg.tunnels)
+        self._flows_at = -FLOW_COUNT_MAX_AGE
+        self._flows_walk: asyncio.Future | None = None
         self.rebalances = 0
         self.slots_moved = 0
         self.link_changes = 0
@@ -51,22 +61,69 @@ class Daemon:
         self.ruleset = None
         self.rulemaps = None
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
-        self.sa_down: set[int] = set()   # tunnels held down because their SAs are gone
+        self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
+        self.loop_errors: dict[str, int] = {}
+        self.heartbeat = time.monotonic()   # last probe-loop iteration that completed
+        self.fatal: str | None = None
+        # Data-plane writes are serialised: while a long write (relayout, rule
+        # swap, QoS) runs in a worker thread, link changes only update the
+        # controller and mark the data plane dirty; the job's end programs the
+        # controller's current state, so no decision taken meanwhile is lost.
+        self._dp_job = asyncio.Lock()
+        self._dirty = False
+        self._config_lock = asyncio.Lock()   # one reload or rules apply at a time
+        self._tasks: set[asyncio.Task] = set()
+        self._error_logged_at: dict[str, float] = {}
 
     # -- programming ----------------------------------------------------------
     def apply(self, prog: Programming | None, notes: list[Note]) -> None:
+        """Write *prog* to the data plane (deferred while a long data-plane job
+        runs), then report *notes*. A failed write is retried from the
+        controller's current state on the next loop turn."""
         if prog is not None:
+            self._write(prog)
+        for n in notes:
+            if n.type == "rebalance":
+                self.rebalances += 1
+                self.slots_moved += n.extra.get("slots_moved", 0)
+            self.events.emit(n.type, n.reason, n.tunnel, **n.extra)
+
+    def _write(self, prog: Programming) -> None:
+        if self._dp_job.locked():
+            self._dirty = True
+            return
+        try:
             # usable first: a dead tunnel stops taking flows before slots move
             self.dp.set_usable(list(prog.usable))
             if prog.slots is not None:
                 self.dp.write_slots(list(prog.slots), prog.keep_flows_of)
             if self.rulemaps is not None:
                 self.rulemaps.set_wan_tunnels(prog.wan_tunnels)
-        for n in notes:
-            if n.type == "rebalance":
-                self.rebalances += 1
-                self.slots_moved += n.extra.get("slots_moved", 0)
-            self.events.emit(n.type, n.reason, n.tunnel, **n.extra)
+        except Exception as exc:
+            self._dirty = True
+            self._loop_error("dataplane", exc)
+
+    def _current(self) -> Programming:
+        """The controller's current decisions as one complete programming."""
+        c = self.controller
+        return Programming(c.usable, tuple(c.slots) if c.slots is not None else None, frozenset(),
+                           c.wan_tunnels(), "current state")
+
+    def _resync(self) -> None:
+        """Program the current state if a write was deferred or failed."""
+        if self._dirty and not self._dp_job.locked() and self.controller is not None:
+            self._dirty = False
+            self._write(self._current())
+
+    def _loop_error(self, where: str, exc: BaseException) -> None:
+        """Count and report an error that a loop survives; the traceback at most every 30 s."""
+        self.loop_errors[where] = self.loop_errors.get(where, 0) + 1
+        now = time.monotonic()
+        if now - self._error_logged_at.get(where, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+            self._error_logged_at[where] = now
+            log.error("%s: %s (%d so far); continuing", where, exc, self.loop_errors[where],
+                      exc_info=exc)
+        self.events.emit("loop_error", f"{where}: {type(exc).__name__}: {exc}")
 
     def factors(self) -> list[float]:
         if not self.monitors:
@@ -91,14 +148,18 @@ class Daemon:
         return p
 
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
-        self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
-        # SAs back and the probes never stopped answering: up again at once
-        if i not in self.sa_down and self.controller.states[i] == "down" \
-                and self.monitors[i].state != "down":
-            self.link_changes += 1
-            self.events.emit("link_up", "SA installed and probe answered", self.cfg.tunnels[i].name,
-                             old="down", new=self.monitors[i].state)
-            self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
+        try:
+            self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
+            # SAs back and the probes never stopped answering: up again at once
+            name = self.cfg.tunnels[i].name
+            if name not in self.sa_down and self.controller.states[i] == "down" \
+                    and self.monitors[i].state != "down":
+                self.link_changes += 1
+                self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
+                self.events.emit("link_up", "SA installed and probe answered", name,
+                                 old="down", new=self.monitors[i].state)
+        except Exception as exc:   # a reader callback: asyncio would only log it
+            self._loop_error("probe reply", exc)
 
     # -- XFRM awareness: a tunnel whose SAs vanish is down before probes notice --
     def _start_xfrm(self) -> None:
@@ -113,49 +174,83 @@ class Daemon:
             w.close()
             return
         self.xfrm = w
-        asyncio.get_running_loop().add_reader(w.fileno(), w.handle_readable)
+        asyncio.get_running_loop().add_reader(w.fileno(), self._xfrm_readable)
         for name, has in w.has_sa.items():
             if not has:
                 self._on_sa_change(name, False, "no SA at start")
 
+    def _stop_xfrm(self) -> None:
+        if self.xfrm is not None:
+            asyncio.get_running_loop().remove_reader(self.xfrm.fileno())
+            self.xfrm.close()
+            self.xfrm = None
+
+    def _xfrm_readable(self) -> None:
+        try:
+            self.xfrm.handle_readable()
+        except Exception as exc:
+            self._loop_error("xfrm", exc)
+
     def _on_sa_change(self, name: str, has_sa: bool, reason: str) -> None:
+        """SAs of tunnel *name* appeared or vanished. Keyed by name: indexes move
+        on a reload, and a name the running config does not have is ignored."""
+        if name not in {t.name for t in self.cfg.tunnels}:
+            log.debug("SA change for %s, not a tunnel of the running config", name)
+            return
         i, now = self.cfg.index_of(name), time.monotonic()
         if has_sa:
-            self.sa_down.discard(i)
+            self.sa_down.discard(name)
             self.events.emit("sa_installed", reason, name)
             return
-        self.sa_down.add(i)
+        self.sa_down.add(name)
         if self.controller.states[i] != "down":
             self.link_changes += 1
-            self.events.emit("link_down", reason, name, old=self.controller.states[i], new="down")
+            old = self.controller.states[i]
             self.apply(*self.controller.link_state(i, "down", now))
+            self.events.emit("link_down", reason, name, old=old, new="down")
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         for tr in transitions:
-            if i in self.sa_down and (tr.new != "down" or self.controller.states[i] == "down"):
+            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.states[i] == "down"):
                 continue  # no SA: probes cannot bring it up, and it is down already
             self.link_changes += 1
             kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[tr.new]
+            # decide and program first: the event is the report, not a step of it
+            self.apply(*self.controller.link_state(i, tr.new, now))
             self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new)
-            prog, notes = self.controller.link_state(i, tr.new, now)
-            self.apply(prog, notes)
 
-    async def probe_loop(self) -> None:
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            for i, mon in enumerate(self.monitors):
+    def _probe_once(self, now: float) -> None:
+        for i, mon in enumerate(self.monitors):
+            try:
                 if now >= mon.next_probe_at():
                     self.seq[i] += 1
                     try:
                         self.probers[i].send(self.seq[i])
-                    except OSError as exc:  # interface gone: counts as a lost probe
+                    except OSError as exc:  # interface gone, EMFILE...: counts as a lost probe
                         log.debug("probe %s: %s", self.cfg.tunnels[i].name, exc)
                     mon.on_sent(self.seq[i], now)
                 self._transitions(i, mon.on_tick(now), now)
-            self.apply(*self.controller.tick(now))
-            # sleep until the next probe or deadline of any tunnel (not a fixed
-            # poll: idle CPU matters on small gateways), at most MAX_SLEEP
-            wake = min([m.next_wakeup() for m in self.monitors] + [now + MAX_SLEEP])
+            except Exception as exc:   # one tunnel's failure must not stop the others'
+                self._loop_error(f"probe {self.cfg.tunnels[i].name}", exc)
+        self.apply(*self.controller.tick(now))
+
+    def probe_alive(self, now: float) -> bool:
+        """For the watchdog: the probe loop completed an iteration recently."""
+        return not self.probing or now - self.heartbeat < HEARTBEAT_MAX_AGE
+
+    async def probe_loop(self) -> None:
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            wake = now + MAX_SLEEP
+            try:
+                self._resync()
+                self._probe_once(now)
+                # sleep until the next probe or deadline of any tunnel (not a fixed
+                # poll: idle CPU matters on small gateways), at most MAX_SLEEP
+                wake = min([m.next_wakeup() for m in self.monitors] + [wake])
+                self.heartbeat = now
+            except Exception as exc:
+                self._loop_error("probe loop", exc)
             await asyncio.sleep(max(MIN_SLEEP, wake - time.monotonic()))
 
     async def rebalance_loop(self) -> None:
@@ -163,28 +258,78 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.cfg.rebalance_interval)
             except asyncio.TimeoutError:
-                self.apply(*self.controller.rebalance(self.factors(), time.monotonic(),
-                                                      load=self.dp.slot_load))
+                try:
+                    self.apply(*self.controller.rebalance(self.factors(), time.monotonic(),
+                                                          load=self.dp.slot_load))
+                except Exception as exc:
+                    self._loop_error("rebalance", exc)
+
+    async def refresh_flow_counts(self) -> list[int]:
+        """Live flows per tunnel for status: a walk of the whole flow table, so it
+        runs off the loop, at most once per FLOW_COUNT_MAX_AGE, and concurrent
+        callers share one walk (a client looping `status` costs no more)."""
+        if time.monotonic() - self._flows_at >= FLOW_COUNT_MAX_AGE:
+            if self._flows_walk is None:
+                self._flows_walk = asyncio.ensure_future(asyncio.to_thread(self.dp.flow_counts))
+            walk = self._flows_walk
+            try:
+                self.flow_counts_cache = await asyncio.shield(walk)
+                self._flows_at = time.monotonic()
+            finally:
+                if self._flows_walk is walk and walk.done():
+                    self._flows_walk = None
+        return self.flow_counts_cache
 
     async def counters_loop(self) -> None:
         """Refresh the per-tunnel counters once a second (status and metrics read the cache)."""
         while not self.stop_event.is_set():
-            self.counters_cache = self.dp.counters()
-            if self.xfrm:
-                self.xfrm.resync()
+            try:
+                self._resync()
+                self.counters_cache = self.dp.counters()
+                if self.xfrm:
+                    self.xfrm.resync()
+            except Exception as exc:
+                self._loop_error("counters", exc)
             await asyncio.sleep(1.0)
+
+    # -- supervision ----------------------------------------------------------------
+    def _supervise(self, name: str, coro) -> asyncio.Task:
+        """Run a loop that must never end while the daemon runs: if it does, stop
+        the daemon with an error so that systemd restarts it."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(lambda t: self._loop_ended(name, t))
+        return task
+
+    def _loop_ended(self, name: str, task: asyncio.Task) -> None:
+        if self.stop_event.is_set():
+            return
+        exc = None if task.cancelled() else task.exception()
+        self.fatal = f"{name} ended" + (f": {type(exc).__name__}: {exc}" if exc else "")
+        log.critical("%s; exiting so that systemd restarts steerd (the data path keeps forwarding)",
+                     self.fatal, exc_info=exc)
+        self.stop_event.set()
+
+    def _spawn(self, coro, what: str) -> None:
+        """A fire-and-forget task (a SIGHUP reload) whose failure is logged, not lost."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._loop_error(what, t.exception())
+        task.add_done_callback(done)
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
         # pyroute2 runs its own asyncio loop: kernel setup goes to a worker thread
         adopted = await asyncio.to_thread(self.dp.start, self._rules_before_attach)
-        if isinstance(self.dp, KernelDataplane):
-            save_layout(self.dp.layout, state_path(self.cfg))
+        self._record_layout()
         now = time.monotonic()
         self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
         if self.ruleset is not None:
             self.rulemaps.set_wan_tunnels(self.controller.wan_tunnels())
-        self.apply_qos()
+        await self.apply_qos()
         prog, notes = self.controller.rebalance(self.factors(), now, force=adopted is None)
         self.apply(prog or self._current(), notes)
         self.events.emit("started", "adopted pinned state" if adopted else "fresh start",
@@ -192,99 +337,148 @@ class Daemon:
         server = await control.serve(self, self.cfg.control_socket, self.cfg.control_group)
         self.metrics_port = metrics.serve(self, self.cfg.metrics_listen)
         self._install_signals(asyncio.get_running_loop())
-        tasks = [asyncio.create_task(self.rebalance_loop()), asyncio.create_task(self.counters_loop())]
+        tasks = [self._supervise("rebalance loop", self.rebalance_loop()),
+                 self._supervise("counters loop", self.counters_loop())]
         if self.probing:
             self._start_probing(now)
             self._start_xfrm()
-            tasks.append(asyncio.create_task(self.probe_loop()))
-        tasks.append(asyncio.create_task(sdnotify.watchdog_loop(self.stop_event)))
+            self.heartbeat = time.monotonic()
+            tasks.append(self._supervise("probe loop", self.probe_loop()))
+        tasks.append(self._supervise("watchdog loop", sdnotify.watchdog_loop(
+            self.stop_event, lambda: self.probe_alive(time.monotonic()))))
         sdnotify.notify("READY=1")
         log.info("steerd %s running: %d tunnels, control %s, metrics port %s", self.cfg.site,
                  len(self.cfg.tunnels), self.cfg.control_socket, self.metrics_port)
         await self.stop_event.wait()
         sdnotify.notify("STOPPING=1")
-        for t in tasks:
+        for t in tasks + list(self._tasks):
             t.cancel()
         server.close()
         for p in self.probers:
             p.close()
         self.dp.close()
+        if self.fatal:
+            raise DaemonFailed(self.fatal)
         log.info("stopped; the data path keeps forwarding (steerd --cleanup removes it)")
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "SIGHUP reload"))
 
-    def _current(self) -> Programming:
-        c = self.controller
-        return Programming(tuple(s != "down" for s in c.states), None, frozenset(), c.wan_tunnels(),
-                           "adopted")
+    def _record_layout(self) -> None:
+        """What is installed now, for `steerd --cleanup` (after start and every relayout)."""
+        try:
+            record_layout(self.dp.layout, state_path(self.cfg))
+        except OSError as exc:
+            log.error("layout not recorded in %s: %s", state_path(self.cfg), exc)
 
     def _rules_before_attach(self, prog) -> None:
         """Rules from `rules_file` go into the maps before the program is attached:
         the rule maps are not pinned, so a new program must never see traffic
-        with an empty rule set. A bad file at start is fatal like a bad config."""
-        if self.cfg.rules_file and os.path.exists(self.cfg.rules_file):
-            from .dataplane.rulemaps import RuleMaps
-            from .rules import compile_rules, load_rules
-            ruleset = load_rules(self.cfg.rules_file, self.cfg.wans, set(self.cfg.ingress))
-            self.rulemaps = RuleMaps(prog.bpf)
+        with an empty rule set. A bad file at start is fatal like a bad config;
+        a configured file that is missing is reported and the daemon runs without rules."""
+        if self.cfg.rules_file and not os.path.exists(self.cfg.rules_file):
+            log.error("rules_file %s does not exist: running without rules", self.cfg.rules_file)
+            self.events.emit("config_rejected", f"rules_file {self.cfg.rules_file} does not exist: "
+                             "running without rules")
+            return
+        ruleset = staging.rules_of(self.cfg)
+        if ruleset is not None:
+            self.rulemaps = self.dp.rule_maps()
             wans = Controller(self.cfg, time.monotonic()).wan_tunnels()
-            self.rulemaps.apply(compile_rules(ruleset, _ifindexes(self.cfg), self.rulemaps.limits), wans)
+            self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits), wans)
             self.ruleset = ruleset
 
-    def apply_qos(self) -> None:
+    async def apply_qos(self) -> None:
         """Caps and priority bands follow the config and the rules' priorities."""
         caps = [t.bandwidth.cap_mbps for t in self.cfg.tunnels]
         prios = {r.priority for r in self.ruleset.rules if getattr(r, "priority", None)} \
             if self.ruleset else set()
         try:
             # pyroute2 runs its own event loop: never on the daemon's loop thread
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(self.dp.set_qos, caps, prios, self.cfg.qos_default_priority).result()
+            async with self._dp_job:
+                await asyncio.to_thread(self.dp.set_qos, caps, prios, self.cfg.qos_default_priority)
         except Exception as exc:  # e.g. another tool's root qdisc on a tunnel: report, keep steering
             log.error("QoS not applied: %s", exc)
             self.events.emit("qos_failed", str(exc))
+        self._resync()
 
-    def apply_rules(self, ruleset) -> int:
-        """Swap in a validated rule set (all or nothing, one flip in the data path)."""
-        from .rules import compile_rules
+    def _rule_limits(self):
+        from .rules import Limits
+        return self.rulemaps.limits if self.rulemaps is not None else Limits()
+
+    async def _install_rules(self, ruleset, compiled) -> int:
+        """Swap in a compiled rule set (one flip in the data path), off the loop."""
         if self.rulemaps is None:
-            from .dataplane.rulemaps import RuleMaps
-            self.rulemaps = RuleMaps(self.dp.prog.bpf)
-        compiled = compile_rules(ruleset, _ifindexes(self.cfg), self.rulemaps.limits)
-        self.rulemaps.apply(compiled, self.controller.wan_tunnels())
-        self.ruleset = ruleset
-        self.apply_qos()
+            self.rulemaps = self.dp.rule_maps()
+        async with self._dp_job:
+            await asyncio.to_thread(self.rulemaps.apply, compiled, self.controller.wan_tunnels())
+            self.ruleset = ruleset
+        self._dirty = True   # pins follow the wan -> tunnel map as it is now
+        self._resync()
+        await self.apply_qos()
         return self.rulemaps.generation
 
+    async def rules_apply(self, text: str, path: str, dry_run: bool) -> dict:
+        """`steerctl rules apply`: validate and compile off the loop, show the diff,
+        swap in the new set unless *dry_run*. Nothing changes on any error."""
+        from .rules import RuleSet
+        async with self._config_lock:
+            old = self.ruleset or RuleSet((), path)
+            try:
+                new, compiled, d = await asyncio.to_thread(_stage_rules_and_diff, text, path,
+                                                           self.cfg, self._rule_limits(), old)
+            except ValidationError as exc:
+                return {"ok": False, "error": "invalid rules, nothing changed",
+                        "problems": [p.as_dict() for p in exc.problems], "text": str(exc)}
+            out = {"ok": True, "dry_run": dry_run, "diff": d.as_dict(), "diff_text": d.render()}
+            if not dry_run:
+                t0 = time.monotonic()
+                out["generation"] = await self._install_rules(new, compiled)
+                out["apply_seconds"] = round(time.monotonic() - t0, 4)
+                self.events.emit("rules_applied", f"{len(new.rules)} rules from {path}",
+                                 added=len(d.added), removed=len(d.removed), changed=len(d.changed))
+            return out
+
     async def reload(self) -> dict:
-        """Re-read config and rules, validate, apply only the difference; on any
-        error keep everything as it runs, log why and count it."""
-        try:
-            cfg = load_config(self.cfg.path)
-            ruleset = None
-            if cfg.rules_file and os.path.exists(cfg.rules_file):
-                from .rules import load_rules
-                ruleset = load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
-            _check_restart_only(self.cfg, cfg)
-        except ValidationError as exc:
-            self.config_errors += 1
-            self.events.emit("config_rejected", f"{len(exc.problems)} problem(s): {exc.problems[0]}")
-            log.error("reload rejected, keeping the running config:\n%s", exc)
-            return {"ok": False, "error": "reload rejected, nothing changed", "text": str(exc),
-                    "problems": [p.as_dict() for p in exc.problems]}
-        changes = await self._switch_config(cfg)
-        if ruleset is not None or self.ruleset is not None:
-            from .rules import RuleSet
-            self.apply_rules(ruleset or RuleSet((), cfg.rules_file or ""))
-        if ruleset is None:
-            self.apply_qos()
-        self.config_generation += 1
-        summary = f"config generation {self.config_generation} applied: {changes}"
-        self.events.emit("config_reloaded", summary)
-        return {"ok": True, "summary": summary}
+        """Re-read config and rules; validate and compile everything before
+        changing anything (off the loop). On any error keep everything as it
+        runs, log why, count it and say so in an event. One reload at a time."""
+        async with self._config_lock:
+            try:
+                staged = await asyncio.to_thread(staging.stage_config, self.cfg.path, self.cfg,
+                                                 self._rule_limits())
+            except ValidationError as exc:
+                self.config_errors += 1
+                self.events.emit("config_rejected",
+                                 f"{len(exc.problems)} problem(s): {exc.problems[0]}")
+                log.error("reload rejected, keeping the running config:\n%s", exc)
+                return {"ok": False, "error": "reload rejected, nothing changed", "text": str(exc),
+                        "problems": [p.as_dict() for p in exc.problems]}
+            except Exception as exc:
+                self.config_errors += 1
+                self.events.emit("config_rejected", f"{type(exc).__name__}: {exc}")
+                log.exception("reload rejected, keeping the running config")
+                return {"ok": False, "error": f"reload rejected, nothing changed: {exc}"}
+            try:
+                changes = await self._switch_config(staged.cfg)
+                if staged.compiled is not None or self.ruleset is not None:
+                    compiled = staged.compiled or staging.compile_for(
+                        _no_rules(staged.cfg), staged.cfg, self._rule_limits())
+                    await self._install_rules(staged.ruleset, compiled)
+                else:
+                    await self.apply_qos()
+            except Exception as exc:
+                self.config_errors += 1
+                self.events.emit("reload_failed", f"{type(exc).__name__}: {exc}")
+                log.exception("reload failed while applying; probing goes on")
+                return {"ok": False, "error": f"reload failed while applying: {exc} "
+                                              "(probing and failover go on; see the log)"}
+            self.config_generation += 1
+            summary = f"config generation {self.config_generation} applied: {changes}"
+            self.events.emit("config_reloaded", summary)
+            return {"ok": True, "summary": summary}
 
     async def _switch_config(self, cfg: SiteConfig) -> str:
         """Carry link state, HA state, monitors and the slot table over to *cfg*
@@ -296,24 +490,40 @@ class Daemon:
         remapped = [new_index.get(old_cfg.tunnels[t].name, gone) if t < len(old_cfg.tunnels) else gone
                     for t in (old.slots or [])] or None
         ctl = Controller(cfg, now, remapped)
-        for i, t in enumerate(cfg.tunnels):
-            if t.name in {o.name for o in old_cfg.tunnels}:
-                ctl.states[i] = old.states[old_cfg.index_of(t.name)]
-        ctl.ha.carry_over(old.ha)
-        ctl.ha.update(ctl.states, now)
+        ha_notes = ctl.carry_over(old, now)
         self._rebuild_probers(old_cfg, cfg, now)
         layout = Layout.from_config(cfg)
-        relayout = layout != getattr(self.dp, "layout", layout)
+        relayout = layout != self.dp.layout
         self.cfg, self.controller = cfg, ctl
+        self.sa_down &= set(new_index)
         prog, notes = ctl.rebalance(self.factors(), now, force=True,
                                     load=None if relayout else self.dp.slot_load)
-        if relayout and prog is not None and prog.slots is not None:
-            await asyncio.to_thread(self.dp.relayout, layout, list(prog.slots))
-        self.apply(prog, notes)
+        if relayout:
+            slots = list(ctl.slots) if ctl.slots is not None else [NO_TUNNEL] * layout.nslots
+            async with self._dp_job:
+                await asyncio.to_thread(self.dp.relayout, layout, slots)
+            self._record_layout()
+            # a link may have changed during the relayout: program what holds now
+            self._dirty = True
+            self._resync()
+            self.apply(None, ha_notes + notes)
+        else:
+            self.apply(prog, ha_notes + notes)
+        old_ifs = {(t.name, t.interface) for t in old_cfg.tunnels}
+        if any((t.name, t.interface) not in old_ifs for t in cfg.tunnels) \
+                or len(cfg.tunnels) != len(old_cfg.tunnels):
+            self._restart_xfrm()
         added = set(new_index) - {t.name for t in old_cfg.tunnels}
         removed = {t.name for t in old_cfg.tunnels} - set(new_index)
         return (f"{len(cfg.tunnels)} tunnels (+{len(added)} -{len(removed)}), "
                 f"data-path layout {'updated' if relayout else 'unchanged'}")
+
+    def _restart_xfrm(self) -> None:
+        """The SA watcher follows the running config's tunnel names and interfaces."""
+        if not self.probing:
+            return
+        self._stop_xfrm()
+        self._start_xfrm()
 
     def _rebuild_probers(self, old_cfg: SiteConfig, cfg: SiteConfig, now: float) -> None:
         """Keep the monitor (its history) of a tunnel whose interface and target
@@ -346,27 +556,16 @@ class Daemon:
             p.on_reply = lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at)
 
 
-def _ifindexes(cfg: SiteConfig) -> dict[str, int]:
-    """Ingress names -> ifindex for rules that match on the ingress interface."""
-    out = {}
-    for name in cfg.ingress:
-        try:
-            out[name] = socket.if_nametoindex(name)
-        except OSError:
-            log.warning("ingress %s not found: its ingress rules match nothing for now", name)
-    return out
+def _no_rules(cfg: SiteConfig):
+    from .rules import RuleSet
+    return RuleSet((), cfg.rules_file or "<no rules>")
 
 
-def _check_restart_only(old: SiteConfig, new: SiteConfig) -> None:
-    """Settings that size or locate the eBPF maps need a restart, not a reload."""
-    problems = []
-    for key in ("bpffs", "slots", "flow_table_size"):
-        a, b = getattr(old.dataplane, key), getattr(new.dataplane, key)
-        if a != b:
-            problems.append(Problem(new.path, 0, f"dataplane.{key}", b,
-                                    f"{a!r} as running (changing it needs a restart of steerd)"))
-    if problems:
-        raise ValidationError(problems)
+def _stage_rules_and_diff(text: str, path: str, cfg: SiteConfig, limits, old):
+    """Worker-thread part of `rules apply`: parse, compile, diff."""
+    from .rules import diff
+    new, compiled = staging.stage_rules(text, path, cfg, limits)
+    return new, compiled, diff(old, new)
 
 
 def state_path(cfg: SiteConfig) -> str:
@@ -374,8 +573,19 @@ def state_path(cfg: SiteConfig) -> str:
     return os.path.join(os.path.dirname(cfg.control_socket), "layout.json")
 
 
-def cleanup(layout: Layout, state: str) -> None:
-    removed = cleanup_kernel(layout)
+def cleanup(layout: Layout | None, state: str) -> None:
+    """Remove what *layout* (the config's) and every layout recorded in *state*
+    (what start and each reload installed) describe."""
+    layouts = [layout] if layout is not None else []
+    if os.path.exists(state):
+        try:
+            layouts += [k for k in load_layouts(state) if k not in layouts]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("recorded layout %s unreadable (%s): cleaning up the config's", state, exc)
+    removed: dict[str, int] = {}
+    for k in layouts:
+        for what, n in cleanup_kernel(k).items():
+            removed[what] = removed.get(what, 0) + n
     if os.path.exists(state):
         os.unlink(state)
     print("steerd cleanup: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
@@ -404,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.cleanup and os.path.exists(a.state):
             # a bad edit must not prevent removing what the last good config installed
             log.warning("config invalid; cleaning up what %s records", a.state)
-            cleanup(load_layout(a.state), a.state)
+            cleanup(None, a.state)
             return
         print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in config:\n{exc}",
               file=sys.stderr)
@@ -412,7 +622,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.cleanup:
         cleanup(Layout.from_config(cfg), state_path(cfg))
         return
-    asyncio.run(Daemon(cfg, probing=not a.no_probe).run())
+    try:
+        asyncio.run(Daemon(cfg, probing=not a.no_probe).run())
+    except DaemonFailed as exc:
+        print(f"steerd: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

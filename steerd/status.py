@@ -21,7 +21,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
     cfg = daemon.cfg
     total_w = sum(c.weights) or 1.0
     shares = c.shares()
-    flows = daemon.dp.flow_counts()
+    flows = daemon.flow_counts_cache    # refreshed off the loop: a status never walks the flow table
     rows = []
     for i, t in enumerate(cfg.tunnels):
         st = daemon.monitors[i].stats() if daemon.monitors else None
@@ -36,7 +36,7 @@ def tunnel_rows(daemon) -> list[dict[str, Any]]:
             "mos": _mos(st),
             "weight": round(c.weights[i] / total_w, 4),
             "share": round(shares[i], 4),
-            "flows": flows[i],
+            "flows": flows[i] if i < len(flows) else 0,
             "tx_packets": pk, "tx_bytes": by,
             "down_mbps": t.bandwidth.down_mbps,
             "cap_mbps": t.bandwidth.cap_mbps,
@@ -51,7 +51,7 @@ def build(daemon) -> dict[str, Any]:
         "tunnels": tunnel_rows(daemon),
         "rules": len(daemon.ruleset.rules) if daemon.ruleset else 0,
         "config_generation": daemon.config_generation,
-        "uptime_s": round(time.time() - daemon.started, 1),
+        "uptime_s": round(time.monotonic() - daemon.started, 1),
         "metrics_port": daemon.metrics_port,
     }
 

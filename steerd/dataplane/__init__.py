@@ -68,13 +68,44 @@ def save_layout(layout: Layout, path: str) -> None:
 
 
 def load_layout(path: str) -> Layout:
-    import json
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
+    return load_layouts(path)[-1]
+
+
+def _layout_of(doc: dict) -> Layout:
+    doc = dict(doc)
     doc["ranges"] = tuple(ipaddress.ip_network(n) for n in doc["ranges"])
     doc["tunnels"] = tuple(TunnelSpec(**t) for t in doc["tunnels"])
     doc["ingress"] = tuple(doc["ingress"])
     return Layout(**doc)
+
+
+def load_layouts(path: str) -> list[Layout]:
+    """Every layout recorded in *path* (save_layout writes one, record_layout a list)."""
+    import json
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return [_layout_of(d) for d in (doc if isinstance(doc, list) else [doc])]
+
+
+def record_layout(layout: Layout, path: str) -> None:
+    """Add *layout* to those recorded in *path*: `steerd --cleanup` removes the union,
+    so objects a reload added (and a later edit of the config dropped) go too."""
+    import json
+    try:
+        known = load_layouts(path)
+    except (OSError, ValueError, TypeError, KeyError):
+        known = []
+    known = [k for k in known if k != layout] + [layout]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    docs = []
+    for k in known:
+        d = asdict(k)
+        d["ranges"] = [str(n) for n in k.ranges]
+        docs.append(d)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(docs, f)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -92,6 +123,8 @@ class Dataplane(Protocol):
     def slot_load(self) -> list[int]: ...
     def cleanup(self) -> dict[str, int]: ...
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
+    def relayout(self, new: Layout, slots: list[int]) -> None: ...
+    def rule_maps(self): ...
 
 
 def bump_slots(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
@@ -112,6 +145,14 @@ class KernelDataplane:
         self.prog: Classifier | None = None
         self.slots = SlotTable([NO_TUNNEL] * layout.nslots, [0] * layout.nslots)
         self.usable = [False] * len(layout.tunnels)
+        self._rule_maps = None
+
+    def rule_maps(self):
+        """The classifier's rule tables (made on first use; the program must be loaded)."""
+        if self._rule_maps is None:
+            from .rulemaps import RuleMaps
+            self._rule_maps = RuleMaps(self.prog.bpf)
+        return self._rule_maps
 
     def start(self, before_attach=None) -> SlotTable | None:
         """Load the program (adopting pinned maps), program marks, ranges and routes,
@@ -222,13 +263,23 @@ class KernelDataplane:
         """Which tunnels may carry traffic. Written before the slot table on a
         failure so the classifier stops using a dead tunnel at once."""
         if usable != self.usable:
-            self.usable = list(usable)
-            self._write_tunnels()
+            # the mirror changes only once the kernel has it: a failed write is redone
+            old, self.usable = self.usable, list(usable)
+            try:
+                self._write_tunnels()
+            except Exception:
+                self.usable = old
+                raise
 
     def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
         """Write only the slots that change hands (one batch). Returns their number."""
-        self.slots, changed = bump_slots(self.slots, slots, keep_flows_of)
-        self._write_slot_entries(changed)
+        old = self.slots
+        self.slots, changed = bump_slots(old, slots, keep_flows_of)
+        try:
+            self._write_slot_entries(changed)
+        except Exception:
+            self.slots = old    # so that a retry writes these slots again
+            raise
         return len(changed)
 
     def _write_slot_entries(self, which) -> None:

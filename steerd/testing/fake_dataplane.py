@@ -16,12 +16,21 @@ class FakeDataplane:
     usable: list[bool] = field(default_factory=list)
     slots: SlotTable | None = None
     packets: list[tuple[int, int]] = field(default_factory=list)
+    rule_limits: object = None      # rules.Limits of the fake rule maps (default: the real ones)
+    _rule_maps: object = None
+
+    def rule_maps(self):
+        if self._rule_maps is None:
+            self._rule_maps = FakeRuleMaps(self.rule_limits)
+        return self._rule_maps
 
     def start(self, before_attach=None) -> SlotTable | None:
         n = self.layout.nslots
         self.slots = SlotTable([NO_TUNNEL] * n, [0] * n)
         self.usable = [False] * len(self.layout.tunnels)
         self.packets = [(0, 0)] * len(self.layout.tunnels)
+        if before_attach:
+            before_attach(None)
         return None
 
     def relayout(self, new: Layout, slots: list[int]) -> None:
@@ -56,4 +65,27 @@ class FakeDataplane:
         pass
 
     def cleanup(self) -> dict[str, int]:
+        return {}
+
+
+class FakeRuleMaps:
+    """RuleMaps' surface without maps: holds the applied set and the wan map."""
+
+    def __init__(self, limits=None):
+        from steerd.rules import Limits
+        self.limits = limits or Limits()
+        self.compiled = None
+        self.generation = 0
+        self.wan_tunnels: dict[str, int | None] = {}
+
+    def apply(self, compiled, wan_tunnels) -> None:
+        if compiled.limits != self.limits:
+            raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}")
+        self.compiled, self.wan_tunnels = compiled, dict(wan_tunnels)
+        self.generation += 1
+
+    def set_wan_tunnels(self, wan_tunnels) -> None:
+        self.wan_tunnels = dict(wan_tunnels)
+
+    def hits(self) -> dict[str, int]:
         return {}
