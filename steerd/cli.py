@@ -197,14 +197,11 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def config_check(path: str, as_json: bool) -> None:
     """Validate PATH (exit 0 valid, 2 invalid) without touching the daemon."""
-    from .config import load_config
+    from .rules import Limits
+    from .staging import stage_config
     try:
-        cfg = load_config(path)
-        if cfg.rules_file:
-            import os
-            if os.path.exists(cfg.rules_file):
-                from .rules import load_rules
-                load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
+        # the daemon's own checks, the rule compiler's capacity included: "valid" = loadable
+        cfg = stage_config(path, None, Limits()).cfg
     except ValidationError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "problems": [p.as_dict() for p in exc.problems]}))

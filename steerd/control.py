@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 from . import status
-from .yamlsrc import ValidationError
 
 log = logging.getLogger("steerd.control")
 MAX_REQUEST = 4 << 20   # a 10,000-rule file is ~1.5 MB of YAML

@@ -405,8 +405,8 @@ class Daemon:
         self._resync()
 
     def _rule_limits(self):
-        from .rules import Limits
-        return self.rulemaps.limits if self.rulemaps is not None else Limits()
+        """The loaded maps' capacities: what a rule set is compiled (and checked) against."""
+        return (self.rulemaps or self.dp.rule_maps()).limits
 
     async def _install_rules(self, ruleset, compiled) -> int:
         """Swap in a compiled rule set (one flip in the data path), off the loop."""
