@@ -74,6 +74,7 @@ class Daemon:
         self._config_lock = asyncio.Lock()   # one reload or rules apply at a time
         self._tasks: set[asyncio.Task] = set()
         self._error_logged_at: dict[str, float] = {}
+        self._control: control.ControlSocket | None = None
 
     # -- programming ----------------------------------------------------------
     def apply(self, prog: Programming | None, notes: list[Note]) -> None:
@@ -322,6 +323,16 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
+        # one daemon per control socket, checked before anything is touched
+        lock_fd = control.acquire(self.cfg.control_socket)
+        try:
+            await self._run(lock_fd)
+        except BaseException:
+            if self._control is None:
+                os.close(lock_fd)
+            raise
+
+    async def _run(self, lock_fd: int) -> None:
         # pyroute2 runs its own asyncio loop: kernel setup goes to a worker thread
         adopted = await asyncio.to_thread(self.dp.start, self._rules_before_attach)
         self._record_layout()
@@ -334,7 +345,8 @@ class Daemon:
         self.apply(prog or self._current(), notes)
         self.events.emit("started", "adopted pinned state" if adopted else "fresh start",
                          site=self.cfg.site)
-        server = await control.serve(self, self.cfg.control_socket, self.cfg.control_group)
+        self._control = await control.serve(self, self.cfg.control_socket, self.cfg.control_group,
+                                            lock_fd)
         self.metrics_port = metrics.serve(self, self.cfg.metrics_listen)
         self._install_signals(asyncio.get_running_loop())
         tasks = [self._supervise("rebalance loop", self.rebalance_loop()),
@@ -353,7 +365,7 @@ class Daemon:
         sdnotify.notify("STOPPING=1")
         for t in tasks + list(self._tasks):
             t.cancel()
-        server.close()
+        self._control.close()
         for p in self.probers:
             p.close()
         self.dp.close()
@@ -624,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         asyncio.run(Daemon(cfg, probing=not a.no_probe).run())
-    except DaemonFailed as exc:
+    except (DaemonFailed, control.AlreadyRunning) as exc:
         print(f"steerd: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -456,3 +456,84 @@ def test_a_reload_that_fails_over_or_back_emits_the_ha_events(tmp_path):
             assert [e["type"] for e in st].index("ha_failover") < [e["type"] for e in st].index(
                 "ha_failback")
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ item 2
+
+def test_item2_connections_are_capped_and_refused_at_once(tmp_path):
+    from steerd import control
+    from steerd.cli import request
+
+    async def scenario():
+        async with running(tmp_path, base_config(tmp_path)) as d:
+            def hog_then_probe():
+                held = []
+                try:
+                    for _ in range(control.MAX_CLIENTS):
+                        s = socket.socket(socket.AF_UNIX)
+                        s.connect(d.cfg.control_socket)
+                        held.append(s)
+                    time.sleep(0.3)          # all accepted and counted (idle, no request)
+                    extra = socket.socket(socket.AF_UNIX)
+                    extra.settimeout(2)
+                    extra.connect(d.cfg.control_socket)
+                    t0 = time.monotonic()
+                    reply = json.loads(extra.makefile("rb").readline())
+                    waited = time.monotonic() - t0
+                    extra.close()
+                finally:
+                    for s in held:
+                        s.close()
+                time.sleep(0.3)
+                return reply, waited, request(d.cfg.control_socket, {"cmd": "status"})["ok"]
+            reply, waited, ok_after = await asyncio.to_thread(hog_then_probe)
+            assert reply["ok"] is False and "too many connections" in reply["error"]
+            assert waited < 1.0 and ok_after
+    asyncio.run(scenario())
+
+
+def test_item2_caps_per_user_leave_room_for_root():
+    from steerd import control
+    c = control.Clients()
+    for _ in range(control.MAX_CLIENTS_PER_USER):
+        assert c.admit(1000) is None
+    assert "uid 1000" in c.admit(1000)
+    uid = 2000
+    while c.admit(uid) is None or c.admit(uid + 1) is None:   # many members fill their share
+        uid += 2
+    assert c.admit(0) is None                                  # root still gets in
+    c.leave(1000)
+    assert c.admit(1000) is None
+
+
+@pytest.mark.parametrize("req", [{"cmd": "events", "since": "yesterday"},
+                                 {"cmd": "events", "since": [1]},
+                                 {"cmd": "rules_apply", "text": 5}])
+def test_mistyped_requests_get_an_answer_not_a_traceback(tmp_path, req, caplog):
+    from steerd.cli import request_lines
+
+    async def scenario():
+        async with running(tmp_path, base_config(tmp_path)) as d:
+            reply = await asyncio.to_thread(lambda: next(request_lines(d.cfg.control_socket, req)))
+            assert reply["ok"] is False
+    asyncio.run(scenario())
+    assert "Traceback" not in caplog.text and "control request failed" not in caplog.text
+
+
+def test_a_second_daemon_on_the_same_socket_refuses_and_leaves_the_first_alone(tmp_path):
+    from steerd import control
+    from steerd.cli import request
+
+    async def scenario():
+        raw = base_config(tmp_path)
+        async with running(tmp_path, raw) as d:
+            inode = os.stat(d.cfg.control_socket).st_ino
+            second = Daemon(d.cfg, FakeDataplane(Layout.from_config(d.cfg)), probing=False)
+            second._install_signals = lambda loop: None
+            with pytest.raises(control.AlreadyRunning, match="another steerd"):
+                await asyncio.wait_for(second.run(), 5)
+            assert second.dp.slots is None                        # it touched nothing
+            assert os.stat(d.cfg.control_socket).st_ino == inode   # the socket is the first's
+            ok = await asyncio.to_thread(request, d.cfg.control_socket, {"cmd": "status"})
+            assert ok["ok"]
+    asyncio.run(scenario())
