@@ -21,7 +21,8 @@ from steerd import sdnotify
 from steerd.cli import main as steerctl
 from steerd.config import parse_config
 from steerd.daemon import Daemon, DaemonFailed, state_path
-from steerd.dataplane import FakeDataplane, Layout, load_layouts
+from steerd.dataplane import Layout, load_layouts
+from steerd.testing.fake_dataplane import FakeDataplane
 from steerd.events import EventLog
 from steerd.health import Transition
 from steerd.lab.topology import Lab
