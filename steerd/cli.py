@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import click
 
-from .yamlsrc import ValidationError
+from .yamlsrc import ValidationError, read_text
 
 DEFAULT_SOCKET = "/run/steerd/steerd.sock"
 
@@ -155,10 +155,9 @@ def rules() -> None:
 def rules_apply(sock: str, path: str, dry_run: bool) -> None:
     """Validate FILE, show the diff, apply atomically (exit 2 on bad input)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        click.echo(f"{path}: {exc.strerror}", err=True)
+        text = read_text(path, "a readable rules file")
+    except ValidationError as exc:
+        click.echo(str(exc), err=True)
         sys.exit(2)
     for reply in request_lines(sock, {"cmd": "rules_apply", "text": text, "path": path,
                                       "dry_run": dry_run}):

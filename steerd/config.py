@@ -24,7 +24,7 @@ from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
 from typing import Any, Callable
 
 
-from .yamlsrc import Node, Problem, ValidationError, load_yaml
+from .yamlsrc import Node, Problem, ValidationError, load_yaml, read_text
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -848,12 +848,6 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
 
 
 def load_config(path: str = DEFAULT_CONFIG_PATH) -> SiteConfig:
-    """Read and parse *path*; an unreadable file is a problem at line 0."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ValidationError([Problem(path, 0, "<file>", reason,
-                                       "a readable UTF-8 YAML file")]) from None
-    return parse_config(text, path)
+    """Read and parse *path*; an unreadable file is a problem at line 0, bytes
+    that are not UTF-8 one at their line."""
+    return parse_config(read_text(path, "a readable UTF-8 YAML file"), path)

@@ -631,6 +631,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in config:\n{exc}",
               file=sys.stderr)
         sys.exit(2)
+    if not a.cleanup and cfg.rules_file and os.path.exists(cfg.rules_file):
+        # refused here, before the kernel is touched, with the config's message
+        # (the rules are loaded again into the maps before the program attaches)
+        from .rules import load_rules
+        try:
+            load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
+        except ValidationError as exc:
+            print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in rules file:\n{exc}",
+                  file=sys.stderr)
+            sys.exit(2)
     if a.cleanup:
         cleanup(Layout.from_config(cfg), state_path(cfg))
         return

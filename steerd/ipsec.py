@@ -266,9 +266,9 @@ def _check_proposal(ck: _Ck, n: Node, key: str, init: bool) -> None:
     enc = v.get("encryption")
     if enc is None:
         ck.fail(n, f"{key}.encryption", None, f"an encryption algorithm: {', '.join(ENCRYPTION)}")
-    elif enc.value not in ENCRYPTION:
+    elif enc.tag != "scalar" or enc.value not in ENCRYPTION:
         ck.fail(enc, f"{key}.encryption", enc.plain(), f"one of {', '.join(ENCRYPTION)}")
-    aead = enc is not None and enc.value in AEAD
+    aead = enc is not None and isinstance(enc.value, str) and enc.value in AEAD
     integ = v.get("integrity")
     if integ is None and not aead:
         ck.fail(n, f"{key}.integrity", None, f"an integrity algorithm: {', '.join(INTEGRITY)} "
@@ -298,7 +298,7 @@ def _dh_name(value: Any) -> str | None:
     if isinstance(value, str):
         if value in DH_NAMES:
             return value
-        if value.isdigit():
+        if value.isascii() and value.isdigit():     # "²".isdigit() too, and int() refuses it
             return DH_GROUPS.get(int(value))
     return None
 

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from typing import Any, Iterable
 
-import yaml
-
-from steerd.fastyaml import fast_load
 from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
                                 PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
-from steerd.yamlsrc import Node, Problem, ValidationError, load_yaml
+from steerd.yamlsrc import Node, Problem, ValidationError, gc_paused, load_yaml, read_text
 
 
 class _Ctx:
@@ -230,62 +226,6 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
                 line=node.line)
 
 
-class _Duplicate(Exception):
-    pass
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise _Duplicate()
-    return out
-
-
-if getattr(yaml, "__with_libyaml__", False):
-    class _FastLoader(yaml.CSafeLoader):   # type: ignore[name-defined,misc]
-        """libyaml-backed safe loader that refuses duplicate keys (load_yaml reports them)."""
-
-    def _fast_mapping(loader: Any, node: yaml.MappingNode) -> dict[Any, Any]:
-        keys = [k.value for k, _ in node.value]
-        if len(set(keys)) != len(keys):
-            raise _Duplicate()
-        return loader.construct_mapping(node, deep=True)
-
-    _FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _fast_mapping)
-else:   # pragma: no cover - Debian's python3-yaml has libyaml
-    _FastLoader = None
-
-
-def _wrap(obj: Any) -> Node:
-    """Plain data as a Node tree without line numbers (line 0)."""
-    if isinstance(obj, dict):
-        return Node({k if isinstance(k, str) else repr(k): _wrap(v) for k, v in obj.items()},
-                    0, "map")
-    if isinstance(obj, list):
-        return Node([_wrap(v) for v in obj], 0, "seq")
-    return Node(obj, 0, "scalar")
-
-
-def _fast_tree(text: str) -> Node | None:
-    """The file's tree, fast: json for JSON files (JSON is YAML), else
-    steerd.fastyaml (plain block YAML, ~0.15 s for 10,000 rules), else libyaml
-    (~0.7 s); JSON and libyaml without line numbers. None when that is not
-    possible. load_yaml's pure-Python composer takes ~3 s for 10,000 rules:
-    it is used only when there is an error to report, to name its line."""
-    try:
-        if text.lstrip().startswith("{"):
-            return _wrap(json.loads(text, object_pairs_hook=_json_pairs))
-        tree = fast_load(text)
-        if tree is not None:
-            return tree
-        if _FastLoader is not None:
-            data = yaml.load(text, Loader=_FastLoader)
-            return _wrap(data if data is not None else {})
-    except (ValueError, _Duplicate, yaml.YAMLError, RecursionError):
-        pass
-    return None
-
-
 def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | None,
               max_rules: int) -> tuple[list[Rule | None], list[Problem]]:
     ctx = _Ctx(path)
@@ -312,26 +252,14 @@ def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | 
 
 def parse_rules(text: str, path: str, wans: set[str] | None = None,
                 ingress: set[str] | None = None, max_rules: int = MAX_RULES) -> RuleSet:
-    """Parse and validate a rules file. Raises ValidationError listing every problem.
+    """Parse and validate a rules file (any YAML style, JSON too). Raises
+    ValidationError listing every problem, each with its line.
 
     *wans*: the config's wan roles (``SiteConfig.wans``); None skips that check.
-    *ingress*: the config's ingress interfaces; None skips that check.
-    Rules parsed on the fast path have ``line == 0`` (unknown)."""
-    fast = _fast_tree(text)
-    if fast is not None:
-        rules, problems = _validate(fast, path, wans, ingress, max_rules)
-        if not problems:
-            return RuleSet(tuple(r for r in rules if r is not None), path)
-    try:
+    *ingress*: the config's ingress interfaces; None skips that check."""
+    with gc_paused():
         root = load_yaml(text, path)
-    except yaml.MarkedYAMLError as exc:
-        # e.g. an unquoted "!10.0.0.0/8" is a YAML tag that the constructor rejects
-        mark = exc.problem_mark or exc.context_mark
-        raise ValidationError([Problem(path, mark.line + 1 if mark else 1, "<yaml>",
-                                       str(exc.problem),
-                                       'well-formed YAML (quote negated CIDRs: "!10.0.0.0/8")')]
-                              ) from None
-    rules, problems = _validate(root, path, wans, ingress, max_rules)
+        rules, problems = _validate(root, path, wans, ingress, max_rules)
     if problems:
         raise ValidationError(problems)
     return RuleSet(tuple(r for r in rules if r is not None), path)
@@ -339,10 +267,4 @@ def parse_rules(text: str, path: str, wans: set[str] | None = None,
 
 def load_rules(path: str, wans: set[str] | None = None, ingress: set[str] | None = None,
                max_rules: int = MAX_RULES) -> RuleSet:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ValidationError([Problem(path, 0, "<file>", exc.strerror, "a readable rules file")]) \
-            from None
-    return parse_rules(text, path, wans, ingress, max_rules)
+    return parse_rules(read_text(path, "a readable rules file"), path, wans, ingress, max_rules)

@@ -13,41 +13,71 @@ from steerd.testing.testrun import build_packet
 WANS = ("wan1", "wan2", "wan3")
 
 
-def rules_yaml(n: int, seed: int = 1) -> str:
+STYLES = ("block", "flow", "mixed")
+
+
+def rules_yaml(n: int, seed: int = 1, style: str = "block") -> str:
     """A rules file with *n* rules; rule i's destination is derived from i, so
-    every rule has packets that match it first (see matching_packet)."""
+    every rule has packets that match it first (see matching_packet).
+
+    *style*: ``block`` (one key per line), ``flow`` (one rule per line,
+    ``- {name: r0, match: {dst: [10.0.0.0/24], proto: tcp, ...}, wan: wan1}``)
+    or ``mixed`` (block rules with flow ``match`` mappings, and every third rule
+    entirely in flow style). The same seed gives the same rules in every style."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}")
     rnd = random.Random(seed)
     out = ["rules:"]
     for i in range(n):
-        a, b = (i >> 8) & 0xFF, i & 0xFF
-        kind = i % 10
-        lines = [f"  - name: r{i}", "    match:"]
-        if kind <= 4:
-            lines.append(f"      dst: 10.{a}.{b}.0/24")
-            lines.append(f"      proto: {rnd.choice(['tcp', 'udp', '[tcp, udp]'])}")
-            lo = rnd.randrange(1, 60000)
-            lines.append(f"      dst_port: [{lo}, {lo + 10}-{lo + 10 + rnd.randrange(1, 500)}]")
-        elif kind == 5:
-            lines.append(f"      dst: [10.{a}.{b}.0/24, \"!10.{a}.{b}.128/25\"]")
-        elif kind == 6:
-            lines.append(f"      src: 172.16.{a}.{b}/32")
-            lines.append(f"      dst: 10.{a}.{b}.0/24")
-            lines.append("      dst_port: [443]")
-            lines.append("      proto: tcp")
-        elif kind == 7:
-            lines.append(f"      dst: \"2001:db8:{a:x}:{b:x}::/64\"")
-            lines.append("      proto: udp")
-        elif kind == 8:
-            lines.append(f"      dst: 10.{a}.{b}.0/24")
-            lines.append(f"      dscp: {rnd.choice(['ef', 'af41', 'cs1', '[af11, af12]'])}")
+        match, wan, fallback = _rule(rnd, i)
+        if style == "block" or (style == "mixed" and i % 3 == 1):
+            out.append(f"  - name: r{i}")
+            out.append("    match:")
+            out += [f"      {k}: {v}" for k, v in match]
+            out += [f"    wan: {wan}", f"    fallback: {fallback}"]
+        elif style == "flow" or i % 3 == 0:
+            m = ", ".join(f"{k}: {_flow_list(v)}" for k, v in match)
+            out.append(f"  - {{name: r{i}, match: {{{m}}}, wan: {wan}, fallback: {fallback}}}")
         else:
-            lines.append(f"      dst: 10.{a}.{b}.{rnd.randrange(1, 255)}/32")
-            lines.append(f"      src_port: {rnd.randrange(1024, 65535)}")
-            lines.append("      proto: udp")
-        lines.append(f"    wan: {WANS[i % 3]}")
-        lines.append(f"    fallback: {rnd.choice(['auto', 'drop', WANS[(i + 1) % 3]])}")
-        out += lines
+            m = ", ".join(f"{k}: {v}" for k, v in match)
+            out += [f"  - name: r{i}", f"    match: {{{m}}}", f"    wan: {wan}",
+                    f"    fallback: {fallback}"]
     return "\n".join(out) + "\n"
+
+
+def _flow_list(v: str) -> str:
+    """A scalar written as a one-element list, the way operators write flow style."""
+    return v if v.startswith("[") else f"[{v}]"
+
+
+def _rule(rnd: random.Random, i: int) -> tuple[list[tuple[str, str]], str, str]:
+    """Rule i's match fields (YAML text of each value), wan and fallback."""
+    a, b = (i >> 8) & 0xFF, i & 0xFF
+    kind = i % 10
+    m: list[tuple[str, str]] = []
+    if kind <= 4:
+        m.append(("dst", f"10.{a}.{b}.0/24"))
+        m.append(("proto", rnd.choice(["tcp", "udp", "[tcp, udp]"])))
+        lo = rnd.randrange(1, 60000)
+        m.append(("dst_port", f"[{lo}, {lo + 10}-{lo + 10 + rnd.randrange(1, 500)}]"))
+    elif kind == 5:
+        m.append(("dst", f"[10.{a}.{b}.0/24, \"!10.{a}.{b}.128/25\"]"))
+    elif kind == 6:
+        m.append(("src", f"172.16.{a}.{b}/32"))
+        m.append(("dst", f"10.{a}.{b}.0/24"))
+        m.append(("dst_port", "[443]"))
+        m.append(("proto", "tcp"))
+    elif kind == 7:
+        m.append(("dst", f"\"2001:db8:{a:x}:{b:x}::/64\""))
+        m.append(("proto", "udp"))
+    elif kind == 8:
+        m.append(("dst", f"10.{a}.{b}.0/24"))
+        m.append(("dscp", rnd.choice(["ef", "af41", "cs1", "[af11, af12]"])))
+    else:
+        m.append(("dst", f"10.{a}.{b}.{rnd.randrange(1, 255)}/32"))
+        m.append(("src_port", str(rnd.randrange(1024, 65535))))
+        m.append(("proto", "udp"))
+    return m, WANS[i % 3], rnd.choice(["auto", "drop", WANS[(i + 1) % 3]])
 
 
 def catch_all_packet() -> bytes:
