@@ -2,7 +2,8 @@
 # Boot the Debian 6.1 kernel once under qemu (software emulation) with virtme-ng,
 # the host filesystem as the guest's read-only root, and run the real-kernel lab
 # (`pytest tests/vm`) inside it. Prints the guest's output, the total time, and
-# exits with pytest's exit code.
+# exits with pytest's exit code; "passed" only when pytest passed with nothing
+# skipped (in our own guest a skip hides a missing module or tool).
 #
 #   scripts/vm-run.sh [PYTEST ARGS...]        e.g. scripts/vm-run.sh -k split -x
 #
@@ -68,6 +69,8 @@ fi
 # note what exists now, remove what is new after.
 leftovers() { ls -d /tmp/virtme* /run/virtiofsd/.*virtme* /run/virtiofsd/*virtme* 2>/dev/null || true; }
 tmp_before=$(leftovers)
+# the guest's output, kept to read pytest's summary line (a skip is not a pass)
+out=$(mktemp /tmp/vm-run-out.XXXXXX)
 [ -d /run/virtiofsd ] && had_piddir=1 || had_piddir=""
 
 say "booting $VM_KVER under qemu (no KVM, ${VM_CPUS} vCPUs, ${VM_MEM}); limit ${VM_TIMEOUT}s"
@@ -79,7 +82,7 @@ start=$EPOCHREALTIME
 setsid timeout --kill-after=20 "$VM_TIMEOUT" \
     env PATH="$VM_VENV/bin:$PATH" vng --disable-kvm --run "/boot/vmlinuz-$VM_KVER" \
         --memory "$VM_MEM" --cpus "$VM_CPUS" --cwd "$here" "${extra[@]}" -- "$guest_cmd" \
-        </dev/null > >(cat) 2>&1 &
+        </dev/null > >(tee "$out") 2>&1 &
 pid=$!
 cleanup() {
     # nothing of this session may outlive it: its process group, virtme's files
@@ -88,13 +91,28 @@ cleanup() {
         printf '%s\n' "$tmp_before" | grep -qxF "$f" || rm -rf "$f"
     done
     [ -n "$had_piddir" ] || rmdir /run/virtiofsd 2>/dev/null || true
+    rm -f "$out"
 }
 trap 'kill -TERM -- -$pid 2>/dev/null; sleep 2; cleanup; say "interrupted"; exit 130' INT TERM
 wait $pid
 rc=$?
 trap - INT TERM
 wait  # the output pipe's reader
+# pytest's last summary line, e.g. "==== 14 passed, 1 skipped in 210.3s ===="
+summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|skipped|errors?|xfailed|xpassed|deselected).* in [0-9.]+s' "$out" | tail -n 1)
 cleanup
+if [ "$rc" -eq 0 ]; then
+    if [ -z "$summary" ]; then
+        say "no pytest summary in the guest's output: counting it as a failure"
+        rc=1
+    elif printf '%s' "$summary" | grep -qE 'skipped|xfailed|xpassed|error'; then
+        say "tests were skipped or xfailed inside the VM, where that is a failure: $summary"
+        rc=1
+    elif ! printf '%s' "$summary" | grep -qE '[0-9]+ passed'; then
+        say "no test passed: $summary"
+        rc=1
+    fi
+fi
 elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
 case $rc in
     124|137) say "TIMEOUT: the VM session exceeded ${VM_TIMEOUT}s and was killed (rc $rc)"; rc=124 ;;

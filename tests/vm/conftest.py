@@ -1,6 +1,8 @@
 """Fixtures of the real-kernel lab (tests/vm): run inside the VM that
-scripts/vm-run.sh boots (`make test-vm`); on a kernel without XFRM interfaces,
-ESP or netem every test here skips with the reason.
+scripts/vm-run.sh boots (`make test-vm`). Inside that VM (STEERD_VM=1, set by
+tests/vm/guest.sh) the guest is ours: a missing kernel module or tool fails every
+test naming it, and any skip is a failure. Elsewhere (`pytest tests/vm` on a
+kernel without XFRM interfaces, ESP or netem) every test skips with the reason.
 
 One lab per session (building it and bringing six IKEv2 tunnels up costs tens
 of seconds under emulation) and one steerd per module (bcc compiles its
@@ -30,6 +32,7 @@ def pytest_collection_modifyitems(items):
 
 
 _SUPPORT: tuple[bool, str] | None = None
+IN_VM = os.environ.get("STEERD_VM") == "1"
 
 
 def lab_supported() -> tuple[bool, str]:
@@ -42,6 +45,8 @@ def lab_supported() -> tuple[bool, str]:
 @pytest.fixture(scope="session")
 def vm_lab():
     ok, why = lab_supported()
+    if not ok and IN_VM:
+        pytest.fail(f"the VM guest cannot run the lab: {why}", pytrace=False)
     if not ok:
         pytest.skip(f"real-kernel lab unavailable here ({why}); `make test-vm` runs it in a VM")
     lab = vmlab.VmLab()
@@ -76,6 +81,11 @@ def _lab_logs_on_failure(request):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if IN_VM and rep.skipped:
+        # in our own guest nothing may be skipped: a skip would hide a missing feature
+        why = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else getattr(rep, "wasxfail", rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped inside the VM lab, where a skip is a failure: {why}"
     setattr(item, f"rep_{rep.when}", rep)
 
 

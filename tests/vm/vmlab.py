@@ -156,26 +156,54 @@ def load_modules() -> None:
         sh("modprobe", m, check=False)
 
 
-def xfrm_supported() -> tuple[bool, str]:
-    """Can this kernel make an XFRM interface and run netem? (False, why) if not."""
+def module_present(name: str) -> bool:
+    """Loaded, or built into the running kernel (built-ins may have no /sys/module entry)."""
+    if os.path.isdir(f"/sys/module/{name}"):
+        return True
+    try:
+        with open(f"/lib/modules/{os.uname().release}/modules.builtin", encoding="utf-8") as f:
+            return any(os.path.basename(line.strip()) == f"{name}.ko" for line in f)
+    except OSError:
+        return False
+
+
+def missing_support() -> list[str]:
+    """What this machine lacks for the lab, each item naming the module or tool
+    (empty: everything is there). Loads the modules first."""
     if os.geteuid() != 0:
-        return False, "needs root"
-    if not shutil.which("ip") or not os.path.exists(CHARON) or not shutil.which("swanctl"):
-        return False, "needs iproute2 and strongSwan (strongswan-charon, strongswan-swanctl)"
+        return ["root (namespaces, XFRM, eBPF)"]
+    missing = [f"tool {t} (iproute2)" for t in ("ip", "tc") if not shutil.which(t)]
+    if not os.path.exists(CHARON):
+        missing.append(f"tool {CHARON} (strongswan-charon)")
+    if not shutil.which("swanctl"):
+        missing.append("tool swanctl (strongswan-swanctl)")
+    if missing:
+        return missing
     load_modules()
+    missing = [f"kernel module {m}" for m in MODULES if not module_present(m)]
+    if missing:
+        return missing
+    # the modules are there: do they work? (an XFRM interface and a netem qdisc)
     ns = f"xfrmcheck{os.getpid()}"
     try:
         sh("ip", "netns", "add", ns)
         p = Place(ns)
-        p.sh("ip", "link", "add", "x0", "type", "xfrm", "if_id", "7")
-        p.sh("ip", "link", "add", "d0", "type", "dummy", check=False)
-        p.sh("ip", "link", "set", "lo", "up")
-        p.sh("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
-        return True, "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
-        return False, f"no XFRM interfaces or netem in kernel {os.uname().release}: {exc}"
+        for what, cmd in (("XFRM interface (xfrm_interface)", ("ip", "link", "add", "x0", "type", "xfrm", "if_id", "7")),
+                          ("loopback", ("ip", "link", "set", "lo", "up")),
+                          ("netem qdisc (sch_netem)", ("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"))):
+            try:
+                p.sh(*cmd)
+            except RuntimeError as exc:
+                missing.append(f"{what} in kernel {os.uname().release}: {exc}")
     finally:
         sh("ip", "netns", "del", ns, check=False)
+    return missing
+
+
+def xfrm_supported() -> tuple[bool, str]:
+    """Can this machine run the lab? (False, what is missing) if not."""
+    missing = missing_support()
+    return (False, "missing: " + "; ".join(missing)) if missing else (True, "ok")
 
 
 # ------------------------------------------------------------------ netem
