@@ -45,8 +45,16 @@ test-unit: $(STAMP)
 test-kernel: venv
 	$(PY) -m pytest -q -m kernel tests/kernel
 
-bench: venv
-	for b in tests/bench/*; do [ -x "$$b" ] && $$b; done
+# Every executable in tests/bench; exits 1 if any bench fails or misses a goal.
+# Writes docs/bench/report.{md,png} (matplotlib, installed here into the venv).
+# BENCH=name,name runs only those.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q 'matplotlib>=3.6'
+	touch $(BENCH_STAMP)
+
+bench: venv $(BENCH_STAMP)
+	$(PY) tests/bench/run_all.py $(if $(BENCH),--only $(BENCH))
 
 lint:
 	shellcheck deploy/install.sh deploy/steerd-stop-post scripts/*.sh

@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests" / "bench"))
+from benchout import verdict  # noqa: E402
+
 from steerd.dataplane import qos  # noqa: E402
 from steerd.lab.netns import namespaces, ns_popen, ns_sh, sh  # noqa: E402
 from steerd.lab.topology import TUNNELS, Lab  # noqa: E402
@@ -415,6 +418,11 @@ def measure_priority(lab: Lab, h: Harness, cap_mbps: float | None, one_class: bo
             "classes": qos.read(TUNNEL.gw_if, netns=lab.gw)}
 
 
+GOAL_CAP_ERR_PCT = 5.0        # carried vs cap (what tests/kernel/test_qos.py asserts at 20)
+GOAL_PRIO_LOSS_PCT = 1.0
+GOAL_PRIO_ADDED_MS = 5.0
+
+
 def added(r: dict, q: float = 50) -> float:
     """Added one-way delay: the loaded run's q-th percentile minus the idle median."""
     return r["loaded"].owd(q) - r["idle"].owd(50)
@@ -458,11 +466,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'cap Mbit/s':>10} {'offered':>8} {'carried':>8} {'error':>7} {'goodput':>8} "
               f"{'mean pkt B':>10}")
         caps = [float(c) for c in args.caps.split(",") if c]
+        ok = True
         for cap, tcp in [(c, False) for c in caps] + [(caps[len(caps) // 2], True)]:
             r = measure_cap(lab, h, cap, seconds=max(5.0, args.seconds - 2), tcp=tcp)
+            err = 100 * (r["carried"] - cap) / cap
+            good = abs(err) <= GOAL_CAP_ERR_PCT
+            ok &= good
             print(f"{cap:>10g} {r['offered']:>8} {r['carried']:>8.2f} "
-                  f"{100 * (r['carried'] - cap) / cap:>+6.1f}% {r['goodput']:>8.2f} "
-                  f"{r['mean_pkt']:>10.0f}")
+                  f"{err:>+6.1f}% {r['goodput']:>8.2f} {r['mean_pkt']:>10.0f}"
+                  f"   goal |error| <= {GOAL_CAP_ERR_PCT:g}%: {verdict(good)}")
         qos.remove(TUNNEL.gw_if, netns=lab.gw)
         print("   offered: UDP Mbit/s (iperf3 -u -b) or one TCP flow; carried = bytes per second"
               " at the site end of the tunnel,\n   Ethernet frames as HTB counts them; goodput ="
@@ -474,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("one class (baseline)", measure_priority(lab, h, cap, True, args.seconds)),
                 ("priority classes (qos.py)", measure_priority(lab, h, cap, False, args.seconds))]
         _table(runs)
+        prio = runs[1][1]
+        good = prio["loaded"].loss_pct < GOAL_PRIO_LOSS_PCT and added(prio, 99) < GOAL_PRIO_ADDED_MS
+        ok &= good
+        print(f"   priority flow under saturation: loss {prio['loaded'].loss_pct:.2f}% (goal < "
+              f"{GOAL_PRIO_LOSS_PCT:g}%), added one-way delay p99 {added(prio, 99):.2f} ms (goal < "
+              f"{GOAL_PRIO_ADDED_MS:g} ms; one class: {added(runs[0][1], 99):.1f} ms): {verdict(good)}")
         print("   classes after the priority run:")
         for c in runs[1][1]["classes"]["classes"]:
             print(f"     {c['classid']:6} {c['band']:9} P{c['priorities']:8} prio {c['htb_prio']} "
@@ -502,11 +520,11 @@ def main(argv: list[str] | None = None) -> int:
             lm.close()
         _table(runs)
         print("   the bottleneck queue (400 kB) is where bursts show: a GSO packet HTB lets go"
-              " whole (TCP) is up to 64 kB = 26 ms at 20 Mbit/s")
+              " whole (TCP) is up to 64 kB = 26 ms at 20 Mbit/s (no goal: a comparison)")
     finally:
         h.close()
         lab.down()
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchout import record, verdict  # noqa: E402
+
 from steerd.testing.flowhash import flow_hash  # noqa: E402
 from steerd.selection import build_slots, slots_moved  # noqa: E402
 
@@ -300,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            f"{'x min flows':>11} {'x min slots':>11} {'err flows':>13} {'err slots':>13}")
     print(hdr)
     print("-" * len(hdr))
-    verdict = []
+    checks = []
     for k, seq, methods, outages in rows:
         mn = mean(methods["minimum"].slot_moved)
         for name, r in methods.items():
@@ -313,18 +316,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{k:>3} {name:<13} {fm:>11.4f} {sm:>11.4f} {fm / mn:>11.3f} "
                   f"{sm / mn:>11.3f} {fe:>13} {se:>13}")
         s = methods["steerd"]
-        verdict.append((k, mean(s.slot_moved) / mn, mean(s.flow_moved) / mn, max(s.flow_err)))
+        checks.append((k, mean(s.slot_moved) / mn, mean(s.flow_moved) / mn, max(s.flow_err)))
         print(f"{'':>3} ({outages} steps with a tunnel going to or from 0)")
     print()
     ok = True
-    for k, rs, rf, fe in verdict:
+    for k, rs, rf, fe in checks:
         good = rs <= 1.02 and fe <= 2.0
         ok &= good
         print(f"{k} tunnels: steerd slots {rs:.3f} x min, flows {rf:.3f} x min (goal <= 1.02), "
-              f"worst flow distribution error {fe:.2f} points (goal <= 2): "
-              f"{'OK' if good else 'MISSED'}")
+              f"worst flow distribution error {fe:.2f} points (goal <= 2): {verdict(good)}")
     if nh_error:
         print(f"resilient nexthop groups: {nh_error}")
+    record(rows=[{"tunnels": k, "outages": outages,
+                  "flows_moved": {n: mean(r.flow_moved) for n, r in methods.items() if not r.note},
+                  "slots_moved": {n: mean(r.slot_moved) for n, r in methods.items() if not r.note},
+                  "x_min_flows": {n: mean(r.flow_moved) / mean(methods["minimum"].flow_moved)
+                                  for n, r in methods.items() if not r.note}}
+                 for k, seq, methods, outages in rows], resilient_nh_error=nh_error)
     return 0 if ok else 1
 
 
