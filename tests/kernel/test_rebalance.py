@@ -33,12 +33,15 @@ def test_weight_drop_moves_the_minimum_of_live_flows(lab, start_steerd, receiver
     moved = {f for f in where if now.get(f) != where[f]}
     # flows of the tunnels that gained share all stayed
     assert not [f for f in moved if where[f] != "gw-p1"]
-    minimum = on_p1 - round(80 / 155 * n)
-    assert abs(len(moved) - minimum) <= 0.1 * minimum, (len(moved), minimum)
     ev = [e for e in steerd.events() if e["type"] == "rebalance"][-1]
     assert ev["flows_moved"] == len(moved) and ev["slots_moved"] > 0
     st = {t["name"]: t for t in steerd.status()["tunnels"]}
     assert abs(st["pri-wan1"]["share"] - 80 / 155) < 0.001
+    # The excess of live flows over pri-wan1's new share of the slots is what
+    # must move (selection.build_slots picks the slots by their live flows): one
+    # flow of rounding either way, not more (the slot quota, whole flows).
+    minimum = on_p1 - st["pri-wan1"]["share"] * n
+    assert abs(len(moved) - minimum) <= 1, (len(moved), minimum)
     live = st["pri-wan1"]["flows"] + st["pri-wan2"]["flows"] + st["pri-wan3"]["flows"]
     assert live == n
 
