@@ -24,6 +24,7 @@ from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
 from typing import Any, Callable
 
 
+from .events import TYPES as EVENT_TYPES
 from .yamlsrc import Node, Problem, ValidationError, load_yaml, read_text
 
 Address = IPv4Address | IPv6Address
@@ -107,6 +108,16 @@ class DataplaneConfig:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """An operator's script run on events (steerd.hooks runs it)."""
+
+    on: frozenset[str]      # event types
+    run: str                # absolute path of an executable
+    timeout: float = 5.0    # seconds; killed after it
+    line: int = 0           # where it is in the config, for messages
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     path: str
     site: str
@@ -127,6 +138,7 @@ class SiteConfig:
     qos_default_priority: int = 128
     tunnels: tuple[Tunnel, ...] = ()
     dataplane: DataplaneConfig = DataplaneConfig()
+    hooks: tuple[Hook, ...] = ()
     # Validated elsewhere (IPsec is another module's concern); plain data. A dict
     # is unhashable, so it stays out of the frozen dataclass's hash.
     ipsec: dict | None = field(default=None, hash=False)
@@ -771,6 +783,50 @@ def _ipsec(ck: _Checker, node: Node, key: str) -> Any:
     return node.plain()
 
 
+def _event_types(ck: _Checker, node: Node, key: str) -> Any:
+    """`on:` an event type or a list of them."""
+    items = [(key, node)] if node.tag == "scalar" and isinstance(node.value, str) else \
+        [(f"{key}[{i}]", n) for i, n in enumerate(node.value)] if node.tag == "seq" else []
+    if not items:
+        return ck.fail(node, key, node.plain(), "a non-empty list of event types, such as "
+                                                "[link_down, link_up, ha_failover]")
+    types = [_choice(*EVENT_TYPES)(ck, n, sub) for sub, n in items]
+    return _BAD if _BAD in types else frozenset(types)
+
+
+def _executable(ck: _Checker, node: Node, key: str) -> Any:
+    path = _abspath(ck, node, key)
+    if path is not _BAD and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return ck.fail(node, key, path, "an executable file (the hook's script; chmod +x)")
+    return path
+
+
+_HOOK = {
+    "on": _Field(_event_types, required=True),
+    "run": _Field(_executable, required=True),
+    # a hook never blocks steerd, but a stuck one would hold its later events
+    "timeout": _Field(_duration(0.1, 600.0)),
+}
+
+
+def _hooks(ck: _Checker, node: Node, key: str) -> Any:
+    if node.tag != "seq":
+        return ck.fail(node, key, node.plain(), f"a list of hooks (mappings with keys "
+                                                f"{', '.join(_HOOK)})")
+    hooks, seen = [], {}
+    for i, item in enumerate(node.value):
+        values = _section(ck, item, f"{key}[{i}]", _HOOK)
+        run = values.get("run") if values else None
+        if isinstance(run, str) and run in seen:
+            values["run"] = ck.fail(item.value["run"], f"{key}[{i}].run", run,
+                                    f"a script listed once (hooks[{seen[run]}] runs it: "
+                                    f"give that hook all the events)")
+        elif isinstance(run, str):
+            seen[run] = i
+        hooks.append(_build(Hook, values, line=item.line))
+    return _BAD if _BAD in hooks else tuple(hooks)
+
+
 def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
     """An optional nested section: a dataclass, or (cls None) a dict of SiteConfig
     attributes that parse_config flattens (metrics.listen -> metrics_listen)."""
@@ -803,6 +859,7 @@ _TOP = {
     "tunnels": _Field(_tunnels, required=True),
     "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
     "ipsec": _Field(_ipsec),
+    "hooks": _Field(_hooks),
 }
 
 

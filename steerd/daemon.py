@@ -21,6 +21,7 @@ from .controller import NO_TUNNEL, Controller, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
                         record_layout)
 from .events import EventLog
+from .hooks import HookRunner
 from .yamlsrc import ValidationError
 
 log = logging.getLogger("steerd")
@@ -42,6 +43,7 @@ class Daemon:
         self.cfg = cfg
         self.dp = dataplane or KernelDataplane(Layout.from_config(cfg))
         self.events = EventLog(cfg.events_keep, cfg.events_file)
+        self.hooks = HookRunner(cfg.hooks, self.events)
         self.probing = probing
         self.controller: Controller | None = None
         self.monitors: list = []
@@ -333,6 +335,7 @@ class Daemon:
             raise
 
     async def _run(self, lock_fd: int) -> None:
+        self.hooks.start()   # from the first event on ('started')
         # pyroute2 runs its own asyncio loop: kernel setup goes to a worker thread
         adopted = await asyncio.to_thread(self.dp.start, self._rules_before_attach)
         self._record_layout()
@@ -365,6 +368,7 @@ class Daemon:
         sdnotify.notify("STOPPING=1")
         for t in tasks + list(self._tasks):
             t.cancel()
+        self.hooks.stop()
         self._control.close()
         for p in self.probers:
             p.close()
@@ -475,6 +479,10 @@ class Daemon:
                 return {"ok": False, "error": f"reload rejected, nothing changed: {exc}"}
             try:
                 changes = await self._switch_config(staged.cfg)
+                if staged.cfg.hooks != self.hooks.hooks:
+                    self.hooks.stop()
+                    self.hooks = HookRunner(staged.cfg.hooks, self.events)
+                    self.hooks.start()
                 if staged.compiled is not None or self.ruleset is not None:
                     compiled = staged.compiled or staging.compile_for(
                         _no_rules(staged.cfg), staged.cfg, self._rule_limits())

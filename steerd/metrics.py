@@ -113,6 +113,7 @@ class SteerdCollector:
             for name, hits in d.rulemaps.hits().items():
                 rule_hits.add_metric([name], hits)
         yield rule_hits
+        yield from d.hooks.metrics()
 
 
 def serve(daemon, listen: str) -> int:

@@ -81,8 +81,9 @@ def plot_rules(ax, d: dict | None) -> None:
         ax.scatter([10000], [d["adversarial_ns"]], marker="x", s=60, color="red",
                    label=f"adversarial ({d['adversarial_ns']} ns)")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("rules (0 plotted at 1)")
-    ax.set_ylabel("ns per packet")
+    ax.set_ylabel("ns per packet (log)")
     ax.legend(fontsize=7)
 
 

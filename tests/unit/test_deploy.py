@@ -26,6 +26,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from steerd.config import Hook
+from steerd.events import EventLog
+from steerd.hooks import HookRunner
 from steerd.metrics import SteerdCollector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +72,9 @@ def fake_daemon():
               probers=[NS(sent=120, received=118), NS(sent=120, received=96)],
               counters_cache=[(1500, 1_200_000), (0, 0)],
               rebalances=3, slots_moved=410, link_changes=2, config_errors=1, config_generation=2,
-              rulemaps=NS(hits=lambda: {"voice": 42, "backup": 0}))
+              rulemaps=NS(hits=lambda: {"voice": 42, "backup": 0}),
+              hooks=HookRunner([Hook(frozenset({"link_down"}), "/usr/local/sbin/notify", 5.0)],
+                               EventLog()))
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +104,13 @@ def test_fake_daemon_exports_every_documented_metric(exported):
         "steerd_probe_sent_total", "steerd_probe_received_total", "steerd_ha_active_role",
         "steerd_rebalances_total", "steerd_link_state_changes_total",
         "steerd_config_load_errors_total", "steerd_config_generation", "steerd_rule_matches_total",
+        "steerd_hook_runs_total", "steerd_hook_failures_total",
     }
     assert documented <= set(exported), sorted(documented - set(exported))
     assert exported["steerd_tunnel_rtt_seconds"] == {"tunnel", "wan", "ha_role"}
     assert exported["steerd_ha_active_role"] == {"role"}
     assert exported["steerd_rule_matches_total"] == {"rule"}
+    assert exported["steerd_hook_failures_total"] == {"hook"}
 
 
 def test_exposition_passes_promtool_check_metrics(exposition):

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared", ("abi", "yamlsrc", "fastyaml", "events", "mos")),
     ("pure core", ("config", "ipsec", "health", "selection", "rules", "controller", "status")),
     ("kernel adapters", ("dataplane", "probe", "xfrm", "sdnotify")),
-    ("daemon", ("staging", "control", "metrics", "daemon")),
+    ("daemon", ("staging", "control", "metrics", "hooks", "daemon")),
     ("front end", ("cli",)),
     ("tools", ("lab", "testing")),
 ]

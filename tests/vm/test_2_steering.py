@@ -162,6 +162,19 @@ def test_probe_rtt_accuracy(vm_lab, steerd):
     assert not failures, failures
 
 
+def test_classifier_verifier_cost_on_this_kernel(steerd):
+    """The README's 6.1 figure: what the verifier processed for the running
+    daemon's programs (the kernel's own count; tests/bench/verifier on the host)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from verifier import LIMIT, loaded
+    insns = loaded()
+    measured(f"verifier, kernel {os.uname().release}",
+             ", ".join(f"{fn} {n:,} insns ({n / 1e6:.2f}M)" for fn, n in sorted(insns.items()))
+             + f" of the {LIMIT:,} limit")
+    assert set(insns) == {"steer", "qos_classify"}, insns
+    assert all(0 < n <= LIMIT // 2 for n in insns.values()), insns
+
+
 # ---------------------------------------------------------------- (b) split
 
 def test_split_by_weight_over_the_primary_xfrm_tunnels(vm_lab, steerd):
