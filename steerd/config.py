@@ -428,19 +428,33 @@ def _file_path(ck: _Checker, node: Node, key: str) -> Any:
     return v
 
 
+_BROADCAST4 = IPv4Address("255.255.255.255")
+
+
 def _address(ck: _Checker, node: Node, key: str) -> Any:
+    """A tunnel's public or probed address: one host reachable through the tunnel, so
+    not loopback, broadcast, multicast or unspecified; an IPv4-mapped IPv6 address
+    (::ffff:a.b.c.d) is written as the IPv4 address it maps."""
     v = node.value
+    expected = "a unicast IPv4 or IPv6 address such as 198.51.100.10"
     try:
         if node.tag != "scalar" or not isinstance(v, str):
             raise ValueError
         addr = ip_address(v.strip())
-        if addr.is_unspecified or addr.is_multicast:
-            raise ValueError
-        return addr
     except ValueError:
         hint = " (quote it: YAML read this as a number)" if _is_number(v) else ""
-        return ck.fail(node, key, node.plain(),
-                       f"a unicast IPv4 or IPv6 address such as 198.51.100.10{hint}")
+        return ck.fail(node, key, node.plain(), expected + hint)
+    mapped = addr.ipv4_mapped if addr.version == 6 else None
+    why = ("IPv4-mapped: write the IPv4 address" if mapped is not None else
+           "loopback" if addr.is_loopback else
+           "broadcast" if addr == _BROADCAST4 else
+           "multicast" if addr.is_multicast else
+           "unspecified" if addr.is_unspecified else None)
+    if why is None:
+        return addr
+    if mapped is not None:
+        why += f" (did you mean {mapped}?)"
+    return ck.fail(node, key, v, f"{expected}, not {why}")
 
 
 def _network(ck: _Checker, node: Node, key: str) -> Any:

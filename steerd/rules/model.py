@@ -31,7 +31,7 @@ DSCP_NAMES: dict[str, int] = {"ef": 46, "le": 1}
 DSCP_NAMES.update({f"cs{i}": 8 * i for i in range(8)})
 DSCP_NAMES.update({f"af{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)})
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")   # fullmatch: "$" would let "a\n" through
 RULE_KEYS = ("name", "match", "wan", "fallback", "priority")
 MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port",
                "dscp", "ingress")

@@ -194,7 +194,7 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
     name = r["name"].value if "name" in r else None
     if "name" not in r:
         ctx.bad(node, 0, f"{key}.name", None, "a rule name (required)")
-    elif not isinstance(name, str) or not NAME_RE.match(name):
+    elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
         ctx.bad(r["name"], 0, f"{key}.name", r["name"].plain(),
                 "1..64 characters of A-Z a-z 0-9 _ . : -")
     elif name in seen:
