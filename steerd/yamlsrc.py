@@ -118,8 +118,9 @@ def gc_paused() -> Iterator[None]:
 
     Reading 10,000 rules allocates ~10^6 objects that all stay alive: the
     collector would scan the growing heap again and again and take most of the
-    time (5-8x). Reference counting still frees everything; collection comes
-    back when the last concurrent user leaves, as it was before the first."""
+    time (5-8x), and more in the daemon, whose heap is already large. Reference
+    counting still frees everything; collection comes back when the last
+    concurrent user leaves, as it was before the first. Also a decorator."""
     with _GcPause.lock:
         if _GcPause.users == 0:
             _GcPause.was_enabled = gc.isenabled()
@@ -156,11 +157,12 @@ def _resolve(text: str) -> str:
 class _Frame:
     """A mapping or sequence being built."""
 
-    __slots__ = ("node", "items", "slot", "key", "key_line", "merges", "anchor", "start")
+    __slots__ = ("node", "items", "is_map", "slot", "key", "key_line", "merges", "anchor", "start")
 
     def __init__(self, node: Node, slot: str | int, anchor: str | None, start: int):
         self.node = node
         self.items = node.value
+        self.is_map = node.tag == "map"
         self.slot = slot           # its key or index in the parent (for problem keys)
         self.key: Any = _NO_KEY    # mappings: the key whose value comes next
         self.key_line = 0
@@ -256,16 +258,16 @@ class _Builder:
             loader.dispose()
 
     def _events(self, get: Any) -> Node | None:
-        stack, anchors = self.stack, self.anchors
+        stack, anchors, cache = self.stack, self.anchors, self.plain_cache
         root: Node | None = None
         docs = 0
         while True:
             ev = get()
             t = type(ev)
-            line = ev.start_mark.line + 1 if ev.start_mark is not None else 1
             if t is ScalarEvent:
+                line = ev.start_mark.line + 1
                 top = stack[-1] if stack else None
-                if top is not None and top.key is _NO_KEY and top.node.tag == "map":
+                if top is not None and top.is_map and top.key is _NO_KEY:
                     # a key: its text, not its value (``1:`` and ``null:`` are keys too)
                     top.key = _MERGE if ev.value == "<<" and ev.implicit[0] and ev.tag is None \
                         else ev.value
@@ -273,11 +275,17 @@ class _Builder:
                     if ev.anchor is not None:
                         anchors[ev.anchor] = (Node(ev.value, line, "scalar"), 1)
                     continue
-                node = Node(self.scalar(ev, line), line, "scalar")
+                # the common case inline: a plain scalar whose text was seen before
+                value = cache.get(ev.value, _NO_KEY) if ev.tag is None and ev.implicit[0] \
+                    else _NO_KEY
+                if value is _NO_KEY:
+                    value = self.scalar(ev, line)
+                node = Node(value, line, "scalar")
                 self.built += 1
                 if ev.anchor is not None:
                     anchors[ev.anchor] = (node, 1)
             elif t is MappingStartEvent or t is SequenceStartEvent:
+                line = ev.start_mark.line + 1
                 is_map = t is MappingStartEvent
                 self.collection_tag(ev, _MAP if is_map else _SEQ, line)
                 if len(stack) >= MAX_DEPTH:
@@ -286,7 +294,7 @@ class _Builder:
                 slot: str | int = 0
                 if stack:
                     parent = stack[-1]
-                    slot = parent.key if parent.node.tag == "map" else len(parent.items)
+                    slot = parent.key if parent.is_map else len(parent.items)
                     if not isinstance(slot, (str, int)):
                         slot = "<<" if slot is _MERGE else "?"
                 node = Node({} if is_map else [], line, "map" if is_map else "seq")
@@ -304,6 +312,7 @@ class _Builder:
                 if f.anchor is not None:
                     anchors[f.anchor] = (node, self.built - f.start)
             elif t is AliasEvent:
+                line = ev.start_mark.line + 1
                 if ev.anchor not in anchors:
                     open_ = any(f.anchor == ev.anchor for f in stack)
                     raise self.stop(line, f"*{ev.anchor}",
@@ -318,7 +327,7 @@ class _Builder:
                     raise self.stop(line, f"aliases expanding to more than {MAX_ALIAS_NODES:,} nodes",
                                     "fewer or smaller aliases")
                 top = stack[-1] if stack else None
-                if top is not None and top.key is _NO_KEY and top.node.tag == "map":
+                if top is not None and top.is_map and top.key is _NO_KEY:
                     if target.tag == "scalar":
                         top.key = str(target.value)
                     else:
@@ -329,6 +338,7 @@ class _Builder:
                     continue
                 node = Node(target.value, target.line, target.tag)   # own key_line
             elif t is DocumentStartEvent:
+                line = ev.start_mark.line + 1
                 docs += 1
                 if docs > 1:
                     raise self.stop(line, "a second document", "well-formed YAML: one document "
@@ -342,7 +352,7 @@ class _Builder:
                 root = node
                 continue
             f = stack[-1]
-            if f.node.tag == "seq":
+            if not f.is_map:
                 f.items.append(node)
             elif f.key is _NO_KEY:         # a mapping or list as a key
                 self.bad(line, self.where(), node.plain(),

@@ -19,7 +19,7 @@ from steerd import abi
 from steerd.rules.encode import Layout, _dir
 from steerd.rules.model import (F_SRC, F_DST, FB_AUTO, FB_DROP, FB_WAN, MAX_RULES, NFIELDS,
                                 PORT_CLASSES, PacketKey, Rule, RuleSet)
-from steerd.yamlsrc import Problem, ValidationError
+from steerd.yamlsrc import Problem, ValidationError, gc_paused
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ def _port_runs(rules: Sequence[Rule], fld: str, proto: int, intern: _Interner
     return tuple(runs)
 
 
+@gc_paused()    # ~10^5 big integers and tuples, all alive until the end
 def compile_rules(ruleset: RuleSet, ifindexes: Mapping[str, int] | None = None,
                   limits: Limits = Limits()) -> CompiledRules:
     """Build the matcher's tables. *ifindexes* maps ingress names to ifindexes

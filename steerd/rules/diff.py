@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from steerd.rules.model import MATCH_KEYS, Rule, RuleSet
+from steerd.yamlsrc import gc_paused
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+@gc_paused()
 def diff(old: RuleSet, new: RuleSet) -> RuleDiff:
     """Rules compared by name. Order is priority, so a reordering is a change too:
     ``moved`` names the kept rules outside a longest run that kept its relative order."""

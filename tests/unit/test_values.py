@@ -2,10 +2,15 @@
 should-fix items), each refused at its line with why."""
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steerd.config import parse_config
 from steerd.rules import parse_rules
+from steerd.rules.parse import _network
 from steerd.yamlsrc import ValidationError
 
 CONFIG = """site: branch-01
@@ -60,3 +65,21 @@ def test_rule_name_limits_accepted():
     rs = parse_rules("rules:\n  - {name: " + "x" * 64 + ", wan: wan1}\n  - {name: 'a.b:c-d_e', "
                      "wan: wan1}\n", "r.yaml", {"wan1"})
     assert [len(r.name) for r in rs.rules] == [64, 9]
+
+
+_OCTET = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0255", "1a", ""]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(octets=st.lists(_OCTET, min_size=3, max_size=5), plen=st.one_of(
+    st.integers(0, 40).map(str), st.sampled_from(["08", "", "x", "-1"])))
+def test_fast_ipv4_cidr_is_ipaddress(octets, plen):
+    """rules.parse._network: the same network or the same refusal as ip_network(strict)."""
+    text = ".".join(octets) + "/" + plen
+
+    def outcome(fn):
+        try:
+            return fn(text)
+        except ValueError:
+            return "refused"
+    assert outcome(_network) == outcome(lambda t: ipaddress.ip_network(t, strict=True))
