@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 
 from .events import TYPES as EVENT_TYPES
+from .mos import CODECS
+from .sla import LIMIT_KEYS, SlaLimits
 from .yamlsrc import Node, Problem, ValidationError, load_yaml, read_text
 
 Address = IPv4Address | IPv6Address
@@ -139,6 +141,8 @@ class SiteConfig:
     tunnels: tuple[Tunnel, ...] = ()
     dataplane: DataplaneConfig = DataplaneConfig()
     hooks: tuple[Hook, ...] = ()
+    # quality classes the rules name (`sla: realtime`): class name -> limits
+    sla_classes: dict[str, SlaLimits] = field(default_factory=dict, hash=False)
     # Validated elsewhere (IPsec is another module's concern); plain data. A dict
     # is unhashable, so it stays out of the frozen dataclass's hash.
     ipsec: dict | None = field(default=None, hash=False)
@@ -647,6 +651,52 @@ _EVENTS = {
     "keep": _Field(_integer(1, 10_000_000), attr="events_keep"),
 }
 
+# One quality class (sla_classes.NAME, or a rule's inline `sla:`): the limits, the
+# codec its MOS is estimated for, and the hold-downs (steerd/sla.py says why).
+_SLA = {
+    "max_loss_pct": _Field(_percent),
+    "max_latency_ms": _Field(_milliseconds(0, 60_000)),
+    "max_jitter_ms": _Field(_milliseconds(0, 60_000)),
+    "min_mos": _Field(_number(1, 4.5)),
+    "codec": _Field(_choice(*CODECS)),
+    "leave_hold": _Field(_duration(0.0, 3600.0)),
+    "restore_hold": _Field(_duration(0.0, 86400.0)),
+}
+
+
+def _sla(ck: _Checker, node: Node, key: str) -> Any:
+    values = _section(ck, node, key, _SLA)
+    if values is None:
+        return _BAD
+    if not any(k in values for k in LIMIT_KEYS):
+        return ck.fail(node, key, node.plain(), f"at least one limit: {', '.join(LIMIT_KEYS)}")
+    return _build(SlaLimits, values)
+
+
+def _sla_classes(ck: _Checker, node: Node, key: str) -> Any:
+    if node.tag == "scalar" and node.value is None:
+        return {}
+    if node.tag != "map":
+        return ck.fail(node, key, node.plain(),
+                       "a mapping of class name: limits, such as "
+                       "realtime: {max_loss_pct: 1, max_latency_ms: 150, max_jitter_ms: 30}")
+    out = {}
+    for name, child in node.value.items():
+        sub = _join(key, name)
+        if not _NAME_RE.fullmatch(name):
+            ck.fail(child, sub, name, "a class name of letters, digits, '.', '_' or '-'")
+            out[name] = _BAD
+        else:
+            out[name] = _sla(ck, child, sub)
+    return _BAD if _BAD in out.values() else out
+
+
+def parse_sla(node: Node, key: str, path: str) -> tuple[SlaLimits | None, list[Problem]]:
+    """A rule's inline ``sla:`` mapping, checked like a class of ``sla_classes``."""
+    ck = _Checker(path)
+    limits = _sla(ck, node, key)
+    return (None if limits is _BAD else limits), ck.problems
+
 
 def _cap(ck: _Checker, node: Node, key: str) -> Any:
     """`cap: true` caps at down_mbps (resolved by the caller), a number caps at it."""
@@ -874,6 +924,7 @@ _TOP = {
     "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
     "ipsec": _Field(_ipsec),
     "hooks": _Field(_hooks),
+    "sla_classes": _Field(_sla_classes),
 }
 
 

@@ -1,0 +1,325 @@
+"""Quality classes (SLAs) per tunnel and the preference-list decision of a rule (pure).
+
+No clock, no sockets: every call takes ``now``. The daemon feeds each tunnel's
+window statistics (the ones ``steerctl status`` shows) to one :class:`SlaTracker`
+per tunnel and class, and asks :func:`choose` where a rule's flows go.
+
+In and out of an SLA
+--------------------
+A tunnel *leaves* a class when its measurements break a limit at every
+evaluation for ``leave_hold`` (default 2 s: a probe or two, so voice moves
+within ~3 s of the breach showing in the window), or at once when it goes down.
+It *re-enters* only after meeting every limit with a margin (latency, jitter
+and loss at most 90 % of the limit, MOS 0.1 above it) at every evaluation for
+the restore hold: ``restore_hold`` (default 2 min) doubled for each earlier leave
+in the last ``DAMPING_PERIOD`` (30 min), at most ``MAX_DAMPING`` times (4 x: 8 min),
+fixed when the tunnel leaves.
+
+Why these three guards: near a limit the 10-sample window statistics wander
+across it (a 10-probe window at 10 % random loss reads 0 % a third of the
+time and 30 % or more a twentieth of it). The margin keeps a tunnel that sits
+just over a limit from re-entering on a lucky window; the restore hold asks for
+many lucky windows in a row; the doubling makes a tunnel that keeps breaking
+the SLA wait ever longer. Leaving stays fast: a brownout moves voice at once;
+only the way back is slow. The 10-minute replays in tests/unit/test_sla.py
+count the transitions at loss and latency near each limit.
+
+The decision
+------------
+A rule lists WAN roles in preference order. Its flows go to the first listed
+WAN whose tunnel (in the site's active HA role) is up and in the SLA; if none
+is, to the up tunnel with the best estimated MOS (ties: list order); if none is
+up, to the rule's ``fallback``.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .mos import DEFAULT_CODEC, mos_of_stats
+
+LEAVE_HOLD = 2.0          # s of continuous violation before a tunnel leaves a class
+RESTORE_HOLD = 120.0      # s of continuous compliance (with margin) before it re-enters
+RESTORE_MARGIN = 0.10     # re-enter at <= 90 % of a latency/jitter/loss limit
+MOS_MARGIN = 0.1          # ... and at >= min_mos + 0.1
+DAMPING_PERIOD = 1800.0   # s: leaves this recent double the restore hold
+MAX_DAMPING = 4           # at most this factor
+
+LIMIT_KEYS = ("max_loss_pct", "max_latency_ms", "max_jitter_ms", "min_mos")
+
+
+@dataclass(frozen=True)
+class SlaLimits:
+    """One quality class: any of the four limits (at least one), the codec the
+    MOS is estimated for and the hold-downs."""
+
+    max_loss_pct: float | None = None
+    max_latency_ms: float | None = None
+    max_jitter_ms: float | None = None
+    min_mos: float | None = None
+    codec: str = DEFAULT_CODEC
+    leave_hold: float = LEAVE_HOLD
+    restore_hold: float = RESTORE_HOLD
+
+    def as_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in LIMIT_KEYS if getattr(self, k) is not None}
+        if self.min_mos is not None or self.codec != DEFAULT_CODEC:
+            out["codec"] = self.codec
+        if self.leave_hold != LEAVE_HOLD:
+            out["leave_hold"] = self.leave_hold
+        if self.restore_hold != RESTORE_HOLD:
+            out["restore_hold"] = self.restore_hold
+        return out
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A tunnel's window statistics in the units the limits use."""
+
+    loss_pct: float
+    latency_ms: float | None
+    jitter_ms: float | None
+    mos: float | None
+
+    @staticmethod
+    def of(stats, codec: str = DEFAULT_CODEC) -> "Measure":
+        """From a health.LinkStats (seconds, ratio)."""
+        ms = (lambda s: None if s is None else s * 1000)
+        return Measure(stats.loss_ratio * 100, ms(stats.rtt_mean), ms(stats.jitter),
+                       mos_of_stats(stats.rtt_mean, stats.jitter, stats.loss_ratio, codec))
+
+    def as_dict(self) -> dict:
+        r = (lambda v, d: None if v is None else round(v, d))
+        return {"loss_pct": r(self.loss_pct, 2), "latency_ms": r(self.latency_ms, 3),
+                "jitter_ms": r(self.jitter_ms, 3), "mos": r(self.mos, 2)}
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def violations(limits: SlaLimits, m: Measure, margin: bool = False) -> list[str]:
+    """The limits *m* breaks, as text (``latency 250 ms > 150 ms``). With *margin*,
+    the stricter re-entry limits. An unmeasured value (no reply yet) breaks nothing."""
+    f = 1 - RESTORE_MARGIN if margin else 1.0
+    out = []
+    for value, limit, name, unit in ((m.loss_pct, limits.max_loss_pct, "loss", "%"),
+                                     (m.latency_ms, limits.max_latency_ms, "latency", "ms"),
+                                     (m.jitter_ms, limits.max_jitter_ms, "jitter", "ms")):
+        if value is not None and limit is not None and value > limit * f:
+            out.append(f"{name} {_g(value)} {unit} > {_g(limit * f)} {unit}")
+    if m.mos is not None and limits.min_mos is not None:
+        floor = limits.min_mos + (MOS_MARGIN if margin else 0.0)
+        if m.mos < floor:
+            out.append(f"MOS {m.mos:.2f} < {floor:.2f}")
+    return out
+
+
+@dataclass(frozen=True)
+class SlaChange:
+    """A tunnel left (``sla_violation``) or re-entered (``sla_restored``) a class."""
+
+    type: str
+    tunnel: str
+    cls: str
+    reason: str
+    measured: dict
+
+
+class SlaTracker:
+    """In/out of one class for one tunnel, with the hold-downs (module docstring).
+
+    A tracker starts *in*: no evidence against a tunnel until it is measured."""
+
+    def __init__(self, tunnel: str, cls: str, limits: SlaLimits):
+        self.tunnel, self.cls, self.limits = tunnel, cls, limits
+        self.in_sla = True
+        self.why = ""                      # what broke it, while out
+        self._bad_since: float | None = None
+        self._good_since: float | None = None
+        self._leaves: deque[float] = deque()
+        self.hold = limits.restore_hold    # the restore hold of the current stay out
+
+    def _damped_hold(self, now: float) -> float:
+        while self._leaves and now - self._leaves[0] > DAMPING_PERIOD:
+            self._leaves.popleft()
+        return self.limits.restore_hold * min(MAX_DAMPING, 2 ** len(self._leaves))
+
+    def update(self, up: bool, m: Measure | None, now: float) -> SlaChange | None:
+        """A new evaluation: *up* is the link state, *m* None while too few samples."""
+        if not up:
+            self._good_since = None
+            if self.in_sla:
+                return self._leave("tunnel down", None, now)
+            return None
+        if m is None:
+            return None
+        if self.in_sla:
+            broken = violations(self.limits, m)
+            if not broken:
+                self._bad_since = None
+                return None
+            if self._bad_since is None:
+                self._bad_since = now
+            if now - self._bad_since >= self.limits.leave_hold:
+                return self._leave(", ".join(broken), m, now)
+            return None
+        broken = violations(self.limits, m, margin=True)
+        if broken:
+            self._good_since = None
+            self.why = ", ".join(broken)
+            return None
+        if self._good_since is None:
+            self._good_since = now
+        held = now - self._good_since
+        if held >= self.hold:
+            self.in_sla, self.why = True, ""
+            self._good_since = None
+            return SlaChange("sla_restored", self.tunnel, self.cls,
+                             f"within {self.cls} for {_g(held)} s", m.as_dict())
+        return None
+
+    def _leave(self, why: str, m: Measure | None, now: float) -> SlaChange:
+        self.in_sla, self.why = False, why
+        self._bad_since = self._good_since = None
+        self.hold = self._damped_hold(now)
+        self._leaves.append(now)
+        return SlaChange("sla_violation", self.tunnel, self.cls, why,
+                         m.as_dict() if m is not None else {})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One listed WAN of a rule, as the decision sees it."""
+
+    wan: str
+    tunnel: int | None         # its tunnel in the site's active HA role (None: none)
+    name: str = ""
+    up: bool = False
+    in_sla: bool = True        # True for rules without an SLA
+    mos: float | None = None
+    why: str = ""              # why it is out of the SLA
+
+
+@dataclass(frozen=True)
+class Choice:
+    tunnel: int | None         # None: the rule's fallback applies
+    wan: str | None
+    kind: str                  # "preferred" | "sla" | "best" | "fallback"
+    reason: str = field(compare=False, default="")
+
+
+def choose(cands: Sequence[Candidate], cls: str | None = None) -> Choice:
+    """Where a rule's flows go: the decision table of the module docstring."""
+    skipped = []
+    for i, c in enumerate(cands):
+        if c.tunnel is None or not c.up:
+            skipped.append(f"{c.wan} down" if c.tunnel is not None else f"{c.wan} has no tunnel")
+        elif c.in_sla:
+            if i == 0:
+                what = f"first choice, meets {cls}" if cls else "first choice, up"
+                return Choice(c.tunnel, c.wan, "preferred", what)
+            meets = f" and meets {cls}" if cls else ""
+            return Choice(c.tunnel, c.wan, "sla" if cls else "preferred",
+                          f"{'; '.join(skipped)}; {c.wan} is up{meets}")
+        else:
+            skipped.append(f"{c.wan} out of {cls} ({c.why})" if c.why else f"{c.wan} out of {cls}")
+    up = [(i, c) for i, c in enumerate(cands) if c.tunnel is not None and c.up]
+    if not up:
+        return Choice(None, None, "fallback", "; ".join(skipped) + ": fallback")
+    _, best = max(up, key=lambda ic: (ic[1].mos if ic[1].mos is not None else -1.0, -ic[0]))
+    mos = f"MOS {best.mos:.2f}" if best.mos is not None else "not measured yet"
+    return Choice(best.tunnel, best.wan, "best",
+                  f"none meets {cls}: {best.wan} has the best quality ({mos})")
+
+
+@dataclass(frozen=True)
+class TunnelView:
+    """What the plan needs of a tunnel at an evaluation."""
+
+    name: str
+    wan: str
+    up: bool                   # state != down
+    stats: object | None       # health.LinkStats, None while too few samples
+
+
+class QualityPlan:
+    """The daemon's quality decisions for one rule set (pure; ``now`` passed in).
+
+    One :class:`SlaTracker` per tunnel and class in use, one :class:`Choice` per
+    distinct ``wan_key`` (rules with the same list and class share it). The
+    daemon calls :meth:`evaluate` after every probe round and, when it returns
+    True, rewrites the data path's wan table with :meth:`resolved`: no rule is
+    recompiled. ``rules`` are steerd.rules.Rule objects (duck-typed here)."""
+
+    def __init__(self, rules: Sequence, classes: dict[str, SlaLimits]):
+        self.entries: dict[str, tuple[tuple[str, ...], str | None, SlaLimits | None]] = {}
+        for r in rules:
+            if r.quality and r.wan_key not in self.entries:
+                limits = classes[r.sla] if isinstance(r.sla, str) else r.sla
+                self.entries[r.wan_key] = (r.choices, r.sla_class, limits)
+        self.classes = {cls: lim for _, cls, lim in self.entries.values() if cls is not None}
+        self.trackers: dict[tuple[str, str], SlaTracker] = {}
+        self.choices: dict[str, Choice] = {}
+
+    def carry_over(self, old: "QualityPlan") -> None:
+        """Keep the in/out state of the trackers a reload leaves unchanged."""
+        for key, tr in old.trackers.items():
+            if self.classes.get(key[1]) == tr.limits:
+                self.trackers[key] = tr
+
+    def evaluate(self, tunnels: Sequence[TunnelView], active: dict[str, int],
+                 now: float) -> tuple[bool, list[SlaChange]]:
+        """Update every tracker and decision. *active*: wan role -> index (in
+        *tunnels*) of its tunnel in the active HA role. Returns (a decision
+        changed, the SLA transitions)."""
+        changes: list[SlaChange] = []
+        measures: dict[tuple[int, str], Measure | None] = {}
+        for cls, limits in self.classes.items():
+            for i, t in enumerate(tunnels):
+                m = Measure.of(t.stats, limits.codec) if t.stats is not None else None
+                measures[i, cls] = m
+                tr = self.trackers.get((t.name, cls))
+                if tr is None:
+                    tr = self.trackers[t.name, cls] = SlaTracker(t.name, cls, limits)
+                c = tr.update(t.up, m, now)
+                if c is not None:
+                    changes.append(c)
+        changed = False
+        for key, (choices, cls, limits) in self.entries.items():
+            cands = []
+            for wan in choices:
+                i = active.get(wan)
+                if i is None:
+                    cands.append(Candidate(wan, None))
+                    continue
+                t = tunnels[i]
+                codec = limits.codec if limits else DEFAULT_CODEC
+                m = measures.get((i, cls)) if cls else None
+                if m is None and t.stats is not None:
+                    m = Measure.of(t.stats, codec)
+                tr = self.trackers.get((t.name, cls)) if cls else None
+                cands.append(Candidate(wan, i, t.name, t.up, tr.in_sla if tr else True,
+                                       m.mos if m else None, tr.why if tr else ""))
+            choice = choose(cands, cls)
+            if self.choices.get(key) != choice:
+                changed = True
+            self.choices[key] = choice
+        return changed, changes
+
+    def resolved(self) -> dict[str, int | None]:
+        """The data path's wan-table entries of the quality rules (None: fallback)."""
+        return {key: c.tunnel for key, c in self.choices.items()}
+
+    def explain(self, wan_key: str, names: Sequence[str]) -> dict:
+        """Where a quality rule's flows go now and why (``steerctl rules list``)."""
+        c = self.choices.get(wan_key)
+        if c is None:
+            return {"now": None, "decision": "pending", "why": "not evaluated yet"}
+        return {"now": names[c.tunnel] if c.tunnel is not None else None, "now_wan": c.wan,
+                "decision": c.kind, "why": c.reason}
+
+    def sla_states(self) -> list[tuple[str, str, bool]]:
+        """(tunnel, class, in SLA) for every tracker, for metrics."""
+        return [(t, cls, tr.in_sla) for (t, cls), tr in sorted(self.trackers.items())]
