@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
         # (the rules are loaded again into the maps before the program attaches)
         from .rules import load_rules
         try:
-            load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
+            load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
         except ValidationError as exc:
             print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in rules file:\n{exc}",
                   file=sys.stderr)

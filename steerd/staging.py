@@ -72,7 +72,7 @@ def rules_of(cfg: SiteConfig) -> RuleSet | None:
     if not os.path.exists(cfg.rules_file):
         raise ValidationError([Problem(cfg.path, 0, "rules_file", cfg.rules_file,
                                        "an existing rules file (or no rules_file key)")])
-    return load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress))
+    return load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
 
 
 def compile_for(ruleset: RuleSet, cfg: SiteConfig, limits: Limits) -> CompiledRules:
@@ -92,5 +92,5 @@ def stage_config(path: str, running: SiteConfig | None, limits: Limits) -> Stage
 
 def stage_rules(text: str, path: str, cfg: SiteConfig, limits: Limits) -> tuple[RuleSet, CompiledRules]:
     """Parse, validate and compile a rules file sent by `steerctl rules apply`."""
-    ruleset = parse_rules(text, path, cfg.wans, set(cfg.ingress))
+    ruleset = parse_rules(text, path, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
     return ruleset, compile_for(ruleset, cfg, limits)

@@ -236,11 +236,11 @@ def compile_rules(ruleset: RuleSet, ifindexes: Mapping[str, int] | None = None,
             elif name not in unresolved:
                 unresolved.append(name)
     ingress = {ix: intern(b) for ix, b in in_bm.items()}
-    wan_names = sorted({r.wan for r in rules} | {r.fallback for r in rules
-                                                  if r.fallback not in ("auto", "drop")})
+    wan_names = sorted({r.wan_key for r in rules} | {r.fallback for r in rules
+                                                      if r.fallback not in ("auto", "drop")})
     wan_ids = {w: i for i, w in enumerate(wan_names)}
     actions = tuple(
-        (wan_ids[r.wan],
+        (wan_ids[r.wan_key],
          FB_AUTO if r.fallback == "auto" else FB_DROP if r.fallback == "drop" else FB_WAN,
          wan_ids.get(r.fallback, 0), r.priority or 0)
         for r in rules)
@@ -270,7 +270,8 @@ def _check_capacity(c: CompiledRules, path: str) -> None:
                                 f"at most {lim.max_chunks6} (dataplane RL_MAX_CHUNKS6)"))
     if len(c.wan_ids) > lim.max_wans:
         problems.append(Problem(path, 1, "rules", f"{len(c.wan_ids)} wan roles",
-                                f"at most {lim.max_wans}"))
+                                f"at most {lim.max_wans} (each distinct wan list with its sla "
+                                f"counts as one)"))
     if 2 * len(c.ingress) > lim.max_ingress:
         problems.append(Problem(path, 1, "rules", f"{len(c.ingress)} ingress interfaces",
                                 f"at most {lim.max_ingress // 2}"))

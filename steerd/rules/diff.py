@@ -33,7 +33,7 @@ class RuleDiff:
             for k in MATCH_KEYS:
                 if am.get(k) != bm.get(k):
                     lines.append(f"    match.{k}: {_fmt(am.get(k))} -> {_fmt(bm.get(k))}")
-            for k in ("wan", "fallback", "priority"):
+            for k in ("wan", "sla", "fallback", "priority"):
                 if a.get(k) != b.get(k):
                     lines.append(f"    {k}: {_fmt(a.get(k))} -> {_fmt(b.get(k))}")
         lines += [f"^ {n}: order changed" for n in self.moved]

@@ -10,6 +10,7 @@ from typing import Any, Union
 from steerd import abi
 # re-exported under their C names: the verdict kinds, the capacity default
 from steerd.abi import MAX_RULES, NO_TUNNEL, RV_DROP, RV_NONE, RV_SPREAD, RV_TUNNEL  # noqa: F401
+from steerd.sla import SlaLimits
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -32,7 +33,7 @@ DSCP_NAMES.update({f"cs{i}": 8 * i for i in range(8)})
 DSCP_NAMES.update({f"af{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)})
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")   # fullmatch: "$" would let "a\n" through
-RULE_KEYS = ("name", "match", "wan", "fallback", "priority")
+RULE_KEYS = ("name", "match", "wan", "sla", "fallback", "priority")
 MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port",
                "dscp", "ingress")
 
@@ -105,10 +106,44 @@ class Rule:
     fallback: str = "auto"          # "auto" | "drop" | a wan role
     priority: int | None = None
     line: int = field(default=0, compare=False)   # where it was written (0: unknown); not identity
+    wans: tuple[str, ...] = ()      # `wan: [a, b]`: preference order, `wan` is the first; () = one
+    sla: str | SlaLimits | None = None   # a class of the config's sla_classes, or inline limits
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The WAN roles in preference order (one for a plain rule)."""
+        return self.wans or (self.wan,)
+
+    @property
+    def quality(self) -> bool:
+        """Steered by the daemon's quality decision (a list or an SLA) rather than
+        pinned to one role: the data path looks up :attr:`wan_key` instead."""
+        return len(self.choices) > 1 or self.sla is not None
+
+    @property
+    def sla_class(self) -> str | None:
+        """The class's name in events and status: the config's name, or
+        ``rule:NAME`` for inline limits."""
+        if self.sla is None:
+            return None
+        return self.sla if isinstance(self.sla, str) else f"rule:{self.name}"
+
+    @property
+    def wan_key(self) -> str:
+        """The entry of the data path's wan table this rule's flows follow: the role
+        itself, or for a quality rule one the daemon writes with its decision
+        (``@wan1,wan2|realtime``; rules with the same list and class share it).
+        ``@`` is not allowed in role names, so the two never collide."""
+        if not self.quality:
+            return self.wan
+        return "@" + ",".join(self.choices) + (f"|{self.sla_class}" if self.sla else "")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.as_dict(),
-                               "wan": self.wan, "fallback": self.fallback}
+                               "wan": list(self.wans) if self.wans else self.wan,
+                               "fallback": self.fallback}
+        if self.sla is not None:
+            out["sla"] = self.sla if isinstance(self.sla, str) else self.sla.as_dict()
         if self.priority is not None:
             out["priority"] = self.priority
         return out
@@ -119,7 +154,10 @@ class Rule:
         for key, val in self.match.as_dict().items():
             parts.append(f"{key} {','.join(str(v) for v in val)}")
         cond = " ".join(parts) or "any"
-        return f"{cond} -> {self.wan} (fallback {self.fallback})"
+        to = f"[{', '.join(self.wans)}]" if self.wans else self.wan
+        if self.sla is not None:
+            to += f" sla {self.sla_class}"
+        return f"{cond} -> {to} (fallback {self.fallback})"
 
 
 @dataclass(frozen=True)

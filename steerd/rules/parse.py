@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from steerd.config import parse_sla
 from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
                                 PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
+from steerd.sla import LIMIT_KEYS, SlaLimits
 from steerd.yamlsrc import Node, Problem, ValidationError, gc_paused, load_yaml, read_text
 
 
@@ -198,8 +200,53 @@ def _wan_expected(wans: set[str] | None) -> str:
         else "a wan role name"
 
 
+def _parse_wans(ctx: _Ctx, node: Node | None, parent: Node, key: str,
+                wans: set[str] | None) -> list[str] | None:
+    """``wan: wan2`` or ``wan: [wan2, wan1]`` (preference order): the roles, or None."""
+    if node is None:
+        ctx.bad(parent, 0, f"{key}.wan", None, f"{_wan_expected(wans)} (required)")
+        return None
+    items = [(f"{key}.wan[{i}]", n) for i, n in enumerate(node.value)] if node.tag == "seq" \
+        else [(f"{key}.wan", node)]
+    if node.tag == "seq" and not items:
+        ctx.bad(node, 0, f"{key}.wan", [], f"{_wan_expected(wans)}, or a non-empty list of them")
+        return None
+    out: list[str] = []
+    for k, item in items:
+        v = item.value
+        if item.tag != "scalar" or not isinstance(v, str) or not v or \
+                (wans is not None and v not in wans):
+            ctx.bad(item, 0, k, item.plain(), _wan_expected(wans))
+        elif v in out:
+            ctx.bad(item, 0, k, v, "each wan role once in the list")
+        else:
+            out.append(v)
+    return out if len(out) == len(items) else None
+
+
+def _parse_sla(ctx: _Ctx, node: Node, key: str,
+               classes: Mapping[str, SlaLimits] | None) -> str | SlaLimits | None:
+    """``sla: realtime`` (a class of the config's sla_classes) or inline limits."""
+    if node.tag == "map":
+        limits, problems = parse_sla(node, key, ctx.path)
+        ctx.problems.extend(problems)
+        return limits
+    v = node.value
+    known = f" ({', '.join(sorted(classes))})" if classes else ""
+    expected = (f"a class of the config's sla_classes{known} or a mapping of limits "
+                f"({', '.join(LIMIT_KEYS)})")
+    if node.tag != "scalar" or not isinstance(v, str) or not v or \
+            (classes is not None and v not in classes):
+        if classes is not None and not classes and isinstance(v, str):
+            expected += "; the config defines no sla_classes"
+        ctx.bad(node, 0, key, node.plain(), expected)
+        return None
+    return v
+
+
 def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
-                ingress: set[str] | None, seen: dict[str, int]) -> Rule | None:
+                ingress: set[str] | None, seen: dict[str, int],
+                classes: Mapping[str, SlaLimits] | None = None) -> Rule | None:
     key = f"rules[{idx}]"
     if node.tag != "map":
         ctx.bad(node, 0, key, node.plain(), "a mapping with name, match, wan, fallback")
@@ -220,19 +267,18 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
     else:
         seen[name] = r["name"].line
     match = _parse_match(ctx, r.get("match"), f"{key}.match", ingress)
-    wan = r["wan"].value if "wan" in r else None
-    if "wan" not in r:
-        ctx.bad(node, 0, f"{key}.wan", None, f"{_wan_expected(wans)} (required)")
-    elif not isinstance(wan, str) or not wan or (wans is not None and wan not in wans):
-        ctx.bad(r["wan"], 0, f"{key}.wan", r["wan"].plain(), _wan_expected(wans))
+    listed = _parse_wans(ctx, r.get("wan"), node, key, wans)
+    wan = listed[0] if listed else None
+    sla = _parse_sla(ctx, r["sla"], f"{key}.sla", classes) if "sla" in r else None
     fallback = r["fallback"].value if "fallback" in r else "auto"
     if "fallback" in r:
         ok = isinstance(fallback, str) and (
             fallback in ("auto", "drop") or
-            (fallback != wan and (wans is None or fallback in wans) and bool(fallback)))
+            (fallback not in (listed or [wan]) and (wans is None or fallback in wans)
+             and bool(fallback)))
         if not ok:
             ctx.bad(r["fallback"], 0, f"{key}.fallback", r["fallback"].plain(),
-                    "auto, drop or a wan role other than the rule's wan" +
+                    "auto, drop or a wan role the rule does not list" +
                     (f" ({', '.join(sorted(wans))})" if wans is not None else ""))
     priority = r["priority"].value if "priority" in r else None
     if "priority" in r and (not isinstance(priority, int) or isinstance(priority, bool)
@@ -241,11 +287,12 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
     if len(ctx.problems) != before:
         return None
     return Rule(name=name, match=match, wan=wan, fallback=fallback, priority=priority,
-                line=node.line)
+                line=node.line, wans=tuple(listed) if len(listed) > 1 else (), sla=sla)
 
 
 def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | None,
-              max_rules: int) -> tuple[list[Rule | None], list[Problem]]:
+              max_rules: int, classes: Mapping[str, SlaLimits] | None = None
+              ) -> tuple[list[Rule | None], list[Problem]]:
     ctx = _Ctx(path)
     if root.tag != "map":
         ctx.bad(root, 0, "<top>", root.plain(), "a mapping with the key 'rules'")
@@ -264,25 +311,29 @@ def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | 
         ctx.bad(items[max_rules], 0, f"rules[{max_rules}]", len(items),
                 f"at most {max_rules} rules")
     seen: dict[str, int] = {}
-    rules = [_parse_rule(ctx, item, i, wans, ingress, seen) for i, item in enumerate(items)]
+    rules = [_parse_rule(ctx, item, i, wans, ingress, seen, classes) for i, item in enumerate(items)]
     return rules, ctx.problems
 
 
 def parse_rules(text: str, path: str, wans: set[str] | None = None,
-                ingress: set[str] | None = None, max_rules: int = MAX_RULES) -> RuleSet:
+                ingress: set[str] | None = None, max_rules: int = MAX_RULES,
+                sla_classes: Mapping[str, SlaLimits] | None = None) -> RuleSet:
     """Parse and validate a rules file (any YAML style, JSON too). Raises
     ValidationError listing every problem, each with its line.
 
     *wans*: the config's wan roles (``SiteConfig.wans``); None skips that check.
-    *ingress*: the config's ingress interfaces; None skips that check."""
+    *ingress*: the config's ingress interfaces; None skips that check.
+    *sla_classes*: the config's quality classes; None skips that check."""
     with gc_paused():
         root = load_yaml(text, path)
-        rules, problems = _validate(root, path, wans, ingress, max_rules)
+        rules, problems = _validate(root, path, wans, ingress, max_rules, sla_classes)
     if problems:
         raise ValidationError(problems)
     return RuleSet(tuple(r for r in rules if r is not None), path)
 
 
 def load_rules(path: str, wans: set[str] | None = None, ingress: set[str] | None = None,
-               max_rules: int = MAX_RULES) -> RuleSet:
-    return parse_rules(read_text(path, "a readable rules file"), path, wans, ingress, max_rules)
+               max_rules: int = MAX_RULES,
+               sla_classes: Mapping[str, SlaLimits] | None = None) -> RuleSet:
+    return parse_rules(read_text(path, "a readable rules file"), path, wans, ingress, max_rules,
+                       sla_classes)

@@ -49,8 +49,9 @@ class Verdict:
 
 
 def resolve(rule: Rule, wan_tunnels: Mapping[str, int | None]) -> tuple[int, int]:
-    """(kind, tunnel) for a matched rule given each wan's usable tunnel (None = none)."""
-    t = wan_tunnels.get(rule.wan)
+    """(kind, tunnel) for a matched rule given each wan's usable tunnel (None = none);
+    a quality rule's entry (its ``wan_key``) holds the daemon's decision."""
+    t = wan_tunnels.get(rule.wan_key)
     if t is not None:
         return RV_TUNNEL, t
     if rule.fallback == "drop":
