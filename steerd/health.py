@@ -362,6 +362,13 @@ class LinkMonitor:
             p = max(p, sum(lost for _, lost in recent) / len(recent))
         return min(1.0, p)
 
+    def recent_loss(self, n: int) -> tuple[int, int]:
+        """(lost, samples) over the last *n* regular samples of the loss history
+        (samples lost to a declared outage or sent while down are not in it):
+        a loss rate over a longer horizon than the window, for SLA decisions."""
+        recent = list(itertools.islice(reversed(self._history), n))
+        return sum(recent), len(recent)
+
     def confirmations_needed(self, exclude: int = -1) -> int:
         return confirmations_for(self.loss_estimate(exclude), self.health.confirm_misses)
 
