@@ -43,6 +43,7 @@ LEAVE_HOLD = 2.0          # s of continuous violation before a tunnel leaves a c
 RESTORE_HOLD = 120.0      # s of continuous compliance (with margin) before it re-enters
 RESTORE_MARGIN = 0.10     # re-enter at <= 90 % of a latency/jitter/loss limit
 MOS_MARGIN = 0.1          # ... and at >= min_mos + 0.1
+LONG_LOSS_SAMPLES = 30    # the longer loss horizon a loss breach must also show
 DAMPING_PERIOD = 1800.0   # s: leaves this recent double the restore hold
 MAX_DAMPING = 4           # at most this factor
 
@@ -77,22 +78,31 @@ class SlaLimits:
 class Measure:
     """A tunnel's window statistics in the units the limits use."""
 
-    loss_pct: float
+    loss_pct: float                    # over the window, as status shows it
     latency_ms: float | None
     jitter_ms: float | None
     mos: float | None
+    long_loss_pct: float | None = None  # over the last LONG_LOSS_SAMPLES probes
 
     @staticmethod
-    def of(stats, codec: str = DEFAULT_CODEC) -> "Measure":
-        """From a health.LinkStats (seconds, ratio)."""
+    def of(stats, codec: str = DEFAULT_CODEC, long_loss: float | None = None) -> "Measure":
+        """From a health.LinkStats (seconds, ratio) and the longer-horizon loss ratio."""
         ms = (lambda s: None if s is None else s * 1000)
         return Measure(stats.loss_ratio * 100, ms(stats.rtt_mean), ms(stats.jitter),
-                       mos_of_stats(stats.rtt_mean, stats.jitter, stats.loss_ratio, codec))
+                       mos_of_stats(stats.rtt_mean, stats.jitter, stats.loss_ratio, codec),
+                       None if long_loss is None else long_loss * 100)
 
     def as_dict(self) -> dict:
         r = (lambda v, d: None if v is None else round(v, d))
         return {"loss_pct": r(self.loss_pct, 2), "latency_ms": r(self.latency_ms, 3),
                 "jitter_ms": r(self.jitter_ms, 3), "mos": r(self.mos, 2)}
+
+
+def long_loss_ratio(lost: int, samples: int) -> float | None:
+    """The longer-horizon loss from ``LinkMonitor.recent_loss(LONG_LOSS_SAMPLES)``.
+    Until half the horizon is there the missing samples count as received: right
+    after start three lost probes of eight are not yet a 30 % loss rate."""
+    return lost / max(samples, LONG_LOSS_SAMPLES // 2) if samples else None
 
 
 def _g(x: float) -> str:
@@ -101,11 +111,21 @@ def _g(x: float) -> str:
 
 def violations(limits: SlaLimits, m: Measure, margin: bool = False) -> list[str]:
     """The limits *m* breaks, as text (``latency 250 ms > 150 ms``). With *margin*,
-    the stricter re-entry limits. An unmeasured value (no reply yet) breaks nothing."""
+    the stricter re-entry limits. An unmeasured value (no reply yet) breaks nothing.
+
+    Loss is a rate, and ten probes measure it coarsely (at 10 % random loss a
+    window reads 30 % or more one time in fifteen): a loss breach needs the
+    longer horizon over the limit too, and re-entry needs both under it. A
+    large breach shows in both within a few lost probes."""
     f = 1 - RESTORE_MARGIN if margin else 1.0
     out = []
-    for value, limit, name, unit in ((m.loss_pct, limits.max_loss_pct, "loss", "%"),
-                                     (m.latency_ms, limits.max_latency_ms, "latency", "ms"),
+    if m.loss_pct is not None and limits.max_loss_pct is not None:
+        lim, long = limits.max_loss_pct * f, m.long_loss_pct
+        if (m.loss_pct > lim or (long is not None and long > lim)) if margin else \
+                (m.loss_pct > lim and (long is None or long > lim)):
+            shown = m.loss_pct if m.loss_pct > lim or long is None else long
+            out.append(f"loss {_g(shown)} % > {_g(lim)} %")
+    for value, limit, name, unit in ((m.latency_ms, limits.max_latency_ms, "latency", "ms"),
                                      (m.jitter_ms, limits.max_jitter_ms, "jitter", "ms")):
         if value is not None and limit is not None and value > limit * f:
             out.append(f"{name} {_g(value)} {unit} > {_g(limit * f)} {unit}")
@@ -242,6 +262,7 @@ class TunnelView:
     wan: str
     up: bool                   # state != down
     stats: object | None       # health.LinkStats, None while too few samples
+    long_loss: float | None = None   # loss ratio over the last LONG_LOSS_SAMPLES probes
 
 
 class QualityPlan:
@@ -278,7 +299,7 @@ class QualityPlan:
         measures: dict[tuple[int, str], Measure | None] = {}
         for cls, limits in self.classes.items():
             for i, t in enumerate(tunnels):
-                m = Measure.of(t.stats, limits.codec) if t.stats is not None else None
+                m = Measure.of(t.stats, limits.codec, t.long_loss) if t.stats is not None else None
                 measures[i, cls] = m
                 tr = self.trackers.get((t.name, cls))
                 if tr is None:

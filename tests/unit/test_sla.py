@@ -8,10 +8,11 @@ import random
 import pytest
 
 from steerd.config import HealthConfig, ProbeConfig
-from steerd.health import LinkMonitor, LinkStats
+from steerd.health import LinkMonitor, LinkStats, simulate
 from steerd.rules import parse_rules
-from steerd.sla import (DAMPING_PERIOD, LEAVE_HOLD, MAX_DAMPING, RESTORE_HOLD, Candidate, Choice,
-                        Measure, QualityPlan, SlaLimits, SlaTracker, TunnelView, choose, violations)
+from steerd.sla import (DAMPING_PERIOD, LEAVE_HOLD, LONG_LOSS_SAMPLES, MAX_DAMPING, RESTORE_HOLD, Candidate, Choice,
+                        Measure, QualityPlan, SlaLimits, SlaTracker, TunnelView, choose, long_loss_ratio,
+                        violations)
 
 RT = SlaLimits(max_loss_pct=1, max_latency_ms=150, max_jitter_ms=30)
 
@@ -69,9 +70,30 @@ def test_violations_and_margin():
     assert violations(RT, m, margin=True) == ["latency 140 ms > 135 ms"]
     m = Measure(loss_pct=10.0, latency_ms=None, jitter_ms=None, mos=None)
     assert violations(RT, m) == ["loss 10 % > 1 %"]           # unmeasured breaks nothing
+    # loss: the window and the 30-probe horizon must both be over the limit to leave,
+    # and both under it (with the margin) to re-enter
+    lim30 = SlaLimits(max_loss_pct=30)
+    assert violations(lim30, Measure(40.0, 20, 1, 3.0, long_loss_pct=10.0)) == []
+    assert violations(lim30, Measure(40.0, 20, 1, 3.0, long_loss_pct=35.0)) == ["loss 40 % > 30 %"]
+    assert violations(lim30, Measure(40.0, 20, 1, 3.0)) == ["loss 40 % > 30 %"]   # no horizon yet
+    assert violations(lim30, Measure(0.0, 20, 1, 4.0, long_loss_pct=28.0), margin=True) == \
+        ["loss 28 % > 27 %"]
+    assert violations(lim30, Measure(0.0, 20, 1, 4.0, long_loss_pct=20.0), margin=True) == []
+    assert long_loss_ratio(3, 8) == 3 / 15 and long_loss_ratio(6, 30) == 0.2
+    assert long_loss_ratio(0, 0) is None
     lim = SlaLimits(min_mos=3.6)
     assert violations(lim, Measure(0, 10, 1, 3.5)) == ["MOS 3.50 < 3.60"]
     assert violations(lim, Measure(0, 10, 1, 3.65), margin=True) == ["MOS 3.65 < 3.70"]
+
+
+def test_monitor_recent_loss_counts_the_last_probes():
+    mon = LinkMonitor("t", ProbeConfig(), HealthConfig(), 0.0)
+    # regular probes go out at whole seconds; every 4th of them is lost (confirmations pass)
+    simulate(mon, lambda seq, sent: None if sent == round(sent) and round(sent) % 4 == 0 else 0.02,
+             0.0, 40.5)
+    lost, n = mon.recent_loss(LONG_LOSS_SAMPLES)   # probe 40 is still in flight
+    assert (lost, n) == (sum(1 for s in range(10, 40) if s % 4 == 0), LONG_LOSS_SAMPLES)
+    assert mon.recent_loss(4) == (1, 4)
 
 
 # ------------------------------------------------------------ hold-downs
@@ -244,7 +266,9 @@ def replay(limits: SlaLimits, loss: float, rtt_ms: float, jitter_ms: float, seed
                 rtt = max(0.5, rng.gauss(rtt_ms, jitter_ms)) / 1000
                 heapq.heappush(replies, (t + rtt, seq, rtt))
         st = mon.stats()
-        c = tr.update(mon.state != "down", Measure.of(st) if st.samples >= 5 else None, t)
+        lost, n = mon.recent_loss(LONG_LOSS_SAMPLES)
+        m = Measure.of(st, long_loss=long_loss_ratio(lost, n)) if st.samples >= 5 else None
+        c = tr.update(mon.state != "down", m, t)
         if c is not None:
             out.append((round(t, 1), c.type))
         k += 1
@@ -275,12 +299,16 @@ def test_replay_latency_near_the_limit_does_not_flap(rtt):
 
 
 @pytest.mark.parametrize("limit", [20, 30])
-def test_replay_10pct_random_loss_under_the_limit_rarely_leaves(limit):
-    # a 10-probe window at 10 % loss reads 30 % or more one time in fifteen: a tunnel
-    # can leave on such a window, but the restore hold keeps it from flapping
-    moves = [len(replay(SlaLimits(max_loss_pct=limit), 0.10, 20, 2, seed)) for seed in SEEDS]
-    assert max(moves) <= 3, moves
-    assert sum(moves) / len(moves) <= 2.0, moves
+def test_replay_10pct_random_loss_under_the_limit_never_flaps(limit):
+    # 10 % random loss under a 20 % or 30 % limit. A 10-probe window reads 30 % or more
+    # one time in fifteen, so a loss breach needs the 30-probe horizon over the limit
+    # too: at 30 % no leave at all (1 run in 100 left once, seeds 1000..1099), at 20 %
+    # (1.8 sigma of a 30-probe horizon) a leave is possible, a second one is not.
+    runs = [replay(SlaLimits(max_loss_pct=limit), 0.10, 20, 2, seed) for seed in SEEDS]
+    for got in runs:
+        assert [ty for _, ty in got].count("sla_violation") <= 1, runs
+    if limit == 30:
+        assert runs == [[]] * len(SEEDS)
 
 
 def test_replay_clean_link_never_leaves_and_brownout_leaves_within_the_hold():
