@@ -181,9 +181,19 @@ def rules_list(sock: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rs, indent=2))
         return
-    rows = [[str(i + 1), r["name"], r.get("wan", "-"), str(r.get("fallback", "-")),
-             r.get("summary", ""), str(r["hits"])] for i, r in enumerate(rs)]
-    click.echo(table(["#", "RULE", "WAN", "FALLBACK", "MATCH", "HITS"], rows, right={0, 5}))
+    def wan(r: dict[str, Any]) -> str:
+        w = r.get("wan", "-")
+        text = ",".join(w) if isinstance(w, list) else str(w)
+        sla = r.get("sla")
+        if sla is not None:
+            text += " sla " + (sla if isinstance(sla, str) else
+                               ",".join(f"{k}={v:g}" for k, v in sla.items() if isinstance(v, float)))
+        return text
+    rows = [[str(i + 1), r["name"], wan(r), str(r.get("fallback", "-")),
+             r.get("summary", ""), str(r["hits"]), str(r.get("now") or "-"), r.get("why", "")]
+            for i, r in enumerate(rs)]
+    click.echo(table(["#", "RULE", "WAN", "FALLBACK", "MATCH", "HITS", "NOW", "WHY"], rows,
+                     right={0, 5}))
 
 
 @main.group()

@@ -62,6 +62,7 @@ class Daemon:
         self.metrics_port: int | None = None
         self.ruleset = None
         self.rulemaps = None
+        self.quality = None              # sla.QualityPlan of the rules with a wan list or an SLA
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
         self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
         self.loop_errors: dict[str, int] = {}
@@ -84,6 +85,7 @@ class Daemon:
         runs), then report *notes*. A failed write is retried from the
         controller's current state on the next loop turn."""
         if prog is not None:
+            self.evaluate_quality(time.monotonic())   # a link change may move a quality rule
             self._write(prog)
         for n in notes:
             if n.type == "rebalance":
@@ -101,10 +103,68 @@ class Daemon:
             if prog.slots is not None:
                 self.dp.write_slots(list(prog.slots), prog.keep_flows_of)
             if self.rulemaps is not None:
-                self.rulemaps.set_wan_tunnels(prog.wan_tunnels)
+                self.rulemaps.set_wan_tunnels(self.wan_table(prog.wan_tunnels))
         except Exception as exc:
             self._dirty = True
             self._loop_error("dataplane", exc)
+
+    # -- quality rules: decided here, written into the rules' wan table ------------
+    def wan_table(self, wan_tunnels: dict[str, int | None] | None = None) -> dict[str, int | None]:
+        """The data path's wan table: each role's tunnel in the active HA role, plus
+        the quality rules' entries (``Rule.wan_key``) with the plan's decisions."""
+        table = dict(self.controller.wan_tunnels() if wan_tunnels is None else wan_tunnels)
+        if self.quality is not None:
+            table.update(self.quality.resolved())
+        return table
+
+    def evaluate_quality(self, now: float, controller: Controller | None = None) -> bool:
+        """Feed the measurements to the quality plan and report its SLA events.
+        True when a rule's destination changed (the wan table must be rewritten)."""
+        c = controller or self.controller
+        if self.quality is None or c is None:
+            return False
+        from .sla import LONG_LOSS_SAMPLES, TunnelView, long_loss_ratio
+        cfg = self.cfg
+        need = max(1, (cfg.probe.window + 1) // 2)   # health's own minimum for SLA checks
+        views = []
+        for i, t in enumerate(cfg.tunnels):
+            st, long_loss = None, None
+            if i < len(self.monitors):
+                st = self.monitors[i].stats()
+                long_loss = long_loss_ratio(*self.monitors[i].recent_loss(LONG_LOSS_SAMPLES))
+            views.append(TunnelView(t.name, t.wan, c.states[i] != "down",
+                                    st if st is not None and st.samples >= need else None,
+                                    long_loss))
+        active = {t.wan: i for i, t in enumerate(cfg.tunnels) if t.ha_role == c.ha.active}
+        changed, changes = self.quality.evaluate(views, active, now)
+        for ch in changes:
+            self.events.emit(ch.type, ch.reason, ch.tunnel, **{"class": ch.cls}, **ch.measured)
+        return changed
+
+    def _write_quality(self) -> None:
+        """Only the wan table: a quality rule moved (deferred like any write)."""
+        if self.rulemaps is None:
+            return
+        if self._dp_job.locked():
+            self._dirty = True
+            return
+        try:
+            self.rulemaps.set_wan_tunnels(self.wan_table())
+        except Exception as exc:
+            self._dirty = True
+            self._loop_error("dataplane", exc)
+
+    def _new_quality_plan(self, ruleset, now: float, controller: Controller):
+        """The plan for *ruleset* (trackers of unchanged classes carried over),
+        evaluated once; the previous plan is returned so a failed install can restore it."""
+        from .sla import QualityPlan
+        old = self.quality
+        plan = QualityPlan(ruleset.rules if ruleset else (), self.cfg.sla_classes)
+        if old is not None:
+            plan.carry_over(old)
+        self.quality = plan if plan.entries else None
+        self.evaluate_quality(now, controller)
+        return old
 
     def _current(self) -> Programming:
         """The controller's current decisions as one complete programming."""
@@ -236,6 +296,8 @@ class Daemon:
             except Exception as exc:   # one tunnel's failure must not stop the others'
                 self._loop_error(f"probe {self.cfg.tunnels[i].name}", exc)
         self.apply(*self.controller.tick(now))
+        if self.evaluate_quality(now):
+            self._write_quality()
 
     def probe_alive(self, now: float) -> bool:
         """For the watchdog: the probe loop completed an iteration recently."""
@@ -342,7 +404,7 @@ class Daemon:
         now = time.monotonic()
         self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
         if self.ruleset is not None:
-            self.rulemaps.set_wan_tunnels(self.controller.wan_tunnels())
+            self.rulemaps.set_wan_tunnels(self.wan_table())
         await self.apply_qos()
         prog, notes = self.controller.rebalance(self.factors(), now, force=adopted is None)
         self.apply(prog or self._current(), notes)
@@ -402,7 +464,10 @@ class Daemon:
         ruleset = staging.rules_of(self.cfg)
         if ruleset is not None:
             self.rulemaps = self.dp.rule_maps()
-            wans = Controller(self.cfg, time.monotonic()).wan_tunnels()
+            now = time.monotonic()
+            ctl = Controller(self.cfg, now)
+            self._new_quality_plan(ruleset, now, ctl)
+            wans = {**ctl.wan_tunnels(), **(self.quality.resolved() if self.quality else {})}
             self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits), wans)
             self.ruleset = ruleset
 
@@ -429,7 +494,12 @@ class Daemon:
         if self.rulemaps is None:
             self.rulemaps = self.dp.rule_maps()
         async with self._dp_job:
-            await asyncio.to_thread(self.rulemaps.apply, compiled, self.controller.wan_tunnels())
+            old_plan = self._new_quality_plan(ruleset, time.monotonic(), self.controller)
+            try:
+                await asyncio.to_thread(self.rulemaps.apply, compiled, self.wan_table())
+            except BaseException:
+                self.quality = old_plan     # all or nothing: the running rules keep their plan
+                raise
             self.ruleset = ruleset
         self._dirty = True   # pins follow the wan -> tunnel map as it is now
         self._resync()

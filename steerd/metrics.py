@@ -77,6 +77,16 @@ class SteerdCollector:
                 ctr[name] = m
         yield from g.values()
         yield from ctr.values()
+        if getattr(d, "quality", None) is not None:
+            sla = GaugeMetricFamily("steerd_tunnel_sla_ok", "1 while the tunnel is within the "
+                                    "quality class (after the hold-downs), 0 while out",
+                                    labels=LABELS + ["class"])
+            by_name = {t.name: t for t in d.cfg.tunnels}
+            for name, cls, ok in d.quality.sla_states():
+                t = by_name.get(name)
+                if t is not None:
+                    sla.add_metric([t.name, t.wan, t.ha_role, cls], 1 if ok else 0)
+            yield sla
         ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying traffic",
                                labels=["role"])
         for role in ("primary", "secondary"):

@@ -65,5 +65,23 @@ def rules(daemon) -> list[dict[str, Any]]:
         d = r.as_dict()
         d["summary"] = " ".join(f"{k} {','.join(map(str, v))}" for k, v in r.match.as_dict().items()) or "any"
         d["hits"] = hits.get(r.name, 0)
+        d.update(_destination(daemon, r))
         out.append(d)
     return out
+
+
+def _destination(daemon, rule) -> dict[str, Any]:
+    """Where the rule's matching flows go now (a tunnel, "spread" or "drop") and why."""
+    names = [t.name for t in daemon.cfg.tunnels]
+    if rule.quality and daemon.quality is not None:
+        d = daemon.quality.explain(rule.wan_key, names)
+    else:
+        t = daemon.controller.wan_tunnels().get(rule.wan) if daemon.controller else None
+        d = ({"now": names[t], "now_wan": rule.wan, "decision": "pinned", "why": f"{rule.wan} is up"}
+             if t is not None else {"now": None, "decision": "fallback", "why": f"{rule.wan} down"})
+    if d["now"] is None and d["decision"] == "fallback":
+        fb = rule.fallback
+        t = daemon.controller.wan_tunnels().get(fb) if fb not in ("auto", "drop") else None
+        d["now"] = names[t] if t is not None else ("drop" if fb == "drop" else "spread")
+        d["why"] += f"; fallback {fb}"
+    return d
