@@ -246,14 +246,14 @@ def test_reload_keeps_unchanged_trackers():
 
 # ------------------------------------------------------------ 10-minute replays
 
-def replay(limits: SlaLimits, loss: float, rtt_ms: float, jitter_ms: float, seed: int,
-           duration: float = 600.0, tick: float = 0.1) -> list[tuple[float, str]]:
+def drive(limits: SlaLimits, path, seed: int, duration: float, tick: float = 0.1):
     """The daemon's loop in simulated time: a LinkMonitor (1 s probes, window 10) on a
-    path with random loss and Gaussian RTT, the tracker evaluated every *tick*."""
+    path (``path(t, rng)``: RTT in ms, or None for a lost probe), the tracker evaluated
+    every *tick*. Yields (t, window stats, the tracker's change or None)."""
     rng = random.Random(seed)
     mon = LinkMonitor("t", ProbeConfig(), HealthConfig(), 0.0)
     tr = SlaTracker("t", "c", limits)
-    out, replies, seq, k, t = [], [], 0, 0, 0.0
+    replies, seq, k, t = [], 0, 0, 0.0
     while t <= duration:
         while replies and replies[0][0] <= t:
             at, s, rtt = heapq.heappop(replies)
@@ -262,18 +262,23 @@ def replay(limits: SlaLimits, loss: float, rtt_ms: float, jitter_ms: float, seed
         if t >= mon.next_probe_at():
             seq += 1
             mon.on_sent(seq, t)
-            if rng.random() >= loss:
-                rtt = max(0.5, rng.gauss(rtt_ms, jitter_ms)) / 1000
-                heapq.heappush(replies, (t + rtt, seq, rtt))
+            rtt_ms = path(t, rng)
+            if rtt_ms is not None:
+                heapq.heappush(replies, (t + rtt_ms / 1000, seq, rtt_ms / 1000))
         st = mon.stats()
         lost, n = mon.recent_loss(LONG_LOSS_SAMPLES)
         m = Measure.of(st, long_loss=long_loss_ratio(lost, n)) if st.samples >= 5 else None
-        c = tr.update(mon.state != "down", m, t)
-        if c is not None:
-            out.append((round(t, 1), c.type))
+        yield t, st, tr.update(mon.state != "down", m, t)
         k += 1
         t = k * tick
-    return out
+
+
+def replay(limits: SlaLimits, loss: float, rtt_ms: float, jitter_ms: float, seed: int,
+           duration: float = 600.0) -> list[tuple[float, str]]:
+    """Ten minutes of random loss and Gaussian RTT: the tracker's transitions."""
+    def path(t, rng):
+        return max(0.5, rng.gauss(rtt_ms, jitter_ms)) if rng.random() >= loss else None
+    return [(round(t, 1), c.type) for t, _, c in drive(limits, path, seed, duration) if c]
 
 
 SEEDS = range(8)
@@ -315,27 +320,14 @@ def test_replay_clean_link_never_leaves_and_brownout_leaves_within_the_hold():
     for seed in SEEDS:
         assert replay(RT, 0.0, 20, 2, seed) == []
     # a step to 250 ms: out LEAVE_HOLD after the window's mean crosses 150 ms
-    rng = random.Random(1)
-    mon = LinkMonitor("t", ProbeConfig(), HealthConfig(), 0.0)
-    tr = SlaTracker("t", "c", SlaLimits(max_latency_ms=150))
     crossed = left = None
-    replies, seq, k, t = [], 0, 0, 0.0
-    while t <= 120 and left is None:
-        while replies and replies[0][0] <= t:
-            at, s, rtt = heapq.heappop(replies)
-            mon.on_reply(s, rtt, at)
-        mon.on_tick(t)
-        if t >= mon.next_probe_at():
-            seq += 1
-            mon.on_sent(seq, t)
-            rtt = (250 if t >= 60 else 20) / 1000 + rng.uniform(0, 0.002)
-            heapq.heappush(replies, (t + rtt, seq, rtt))
-        st = mon.stats()
+    steps = drive(SlaLimits(max_latency_ms=150), lambda t, rng: (250 if t >= 60 else 20)
+                  + rng.uniform(0, 2), 1, 120.0)
+    for t, st, change in steps:
         if crossed is None and st.rtt_mean and st.rtt_mean > 0.150:
             crossed = t
-        if tr.update(True, Measure.of(st) if st.samples >= 5 else None, t):
+        if change is not None:
             left = t
-        k += 1
-        t = k * 0.1
+            break
     assert crossed is not None and left is not None
     assert LEAVE_HOLD <= left - crossed <= LEAVE_HOLD + 0.11
