@@ -78,3 +78,9 @@ def test_bad_class_is_refused_at_its_line(snippet, key, fragment):
     assert all(p.file == "site.yaml" for p in got)
     assert any(fragment in p.expected for p in hits), [p.expected for p in hits]
     assert str(hits[0]).startswith(f"site.yaml:{marked(text)}: {key}: got ")
+
+
+def test_hooks_can_run_on_sla_events():
+    c = parse_config(BASE + "hooks:\n  - {on: [sla_violation, sla_restored], run: /bin/true}\n",
+                     "site.yaml")
+    assert c.hooks[0].on == frozenset({"sla_violation", "sla_restored"})
