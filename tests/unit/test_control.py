@@ -21,6 +21,16 @@ STATUS_KEYS = {"name", "ha_role", "wan", "interface", "state", "rtt_ms", "jitter
                "weight", "share", "tx_packets", "tx_bytes"}
 
 
+def _accepts(path: str) -> bool:
+    """The socket listens (it exists from bind(), a moment before listen())."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +49,7 @@ def daemon(tmp_path):
     t = threading.Thread(target=loop.run_until_complete, args=(_run(d),), daemon=True)
     t.start()
     for _ in range(200):
-        if (tmp_path / "s.sock").exists() and d.controller is not None:
+        if d.controller is not None and _accepts(str(tmp_path / "s.sock")):
             break
         threading.Event().wait(0.02)
     yield d
