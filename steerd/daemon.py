@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 
 from . import control, metrics, sdnotify, staging
 from .config import SiteConfig, load_config
@@ -27,6 +28,7 @@ from .yamlsrc import ValidationError
 log = logging.getLogger("steerd")
 MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation interval
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
+PROBE_TIMING_WINDOW = 10.0  # seconds of probe send lateness that status reports
 FLOW_COUNT_MAX_AGE = 1.0  # seconds a status may show old flow counts (a table walk each)
 
 
@@ -67,6 +69,7 @@ class Daemon:
         self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
         self.loop_errors: dict[str, int] = {}
         self.heartbeat = time.monotonic()   # last probe-loop iteration that completed
+        self.probe_late: deque[tuple[float, float]] = deque(maxlen=8192)   # (sent, late) seconds
         self.fatal: str | None = None
         # Data-plane writes are serialised: while a long write (relayout, rule
         # swap, QoS) runs in a worker thread, link changes only update the
@@ -285,10 +288,12 @@ class Daemon:
     def _probe_once(self, now: float) -> None:
         for i, mon in enumerate(self.monitors):
             try:
-                if now >= mon.next_probe_at():
+                due = mon.next_probe_at()
+                if now >= due:
                     self.seq[i] += 1
                     try:
-                        self.probers[i].send(self.seq[i])
+                        sent = self.probers[i].send(self.seq[i])
+                        self.probe_late.append((sent, sent - due))
                     except OSError as exc:  # interface gone, EMFILE...: counts as a lost probe
                         log.debug("probe %s: %s", self.cfg.tunnels[i].name, exc)
                     mon.on_sent(self.seq[i], now)
@@ -298,6 +303,16 @@ class Daemon:
         self.apply(*self.controller.tick(now))
         if self.evaluate_quality(now):
             self._write_quality()
+
+    def probe_timing(self, now: float, window: float = PROBE_TIMING_WINDOW) -> dict:
+        """How late probes left against their schedule over the last *window* seconds
+        (what a busy loop costs the 15 ms confirmations)."""
+        late = sorted(d for t, d in self.probe_late if now - t <= window)
+        if not late:
+            return {"window_s": window, "probes": 0, "late_max_ms": None, "late_p99_ms": None}
+        return {"window_s": window, "probes": len(late),
+                "late_max_ms": round(late[-1] * 1e3, 2),
+                "late_p99_ms": round(late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3, 2)}
 
     def probe_alive(self, now: float) -> bool:
         """For the watchdog: the probe loop completed an iteration recently."""

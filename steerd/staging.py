@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .config import SiteConfig, load_config
 from .rules import CompiledRules, Limits, RuleSet, compile_rules, load_rules, parse_rules
-from .yamlsrc import Problem, ValidationError
+from .yamlsrc import Problem, ValidationError, gc_paused
 
 log = logging.getLogger("steerd.staging")
 
@@ -76,8 +76,13 @@ def rules_of(cfg: SiteConfig) -> RuleSet | None:
 
 
 def compile_for(ruleset: RuleSet, cfg: SiteConfig, limits: Limits) -> CompiledRules:
-    """Compile against the data path's capacities (raises ValidationError when over)."""
-    return compile_rules(ruleset, ifindexes(cfg.ingress), limits)
+    """Compile against the data path's capacities (raises ValidationError when over).
+    No cyclic GC meanwhile: its full collections over the new objects hold the
+    GIL for 100 ms and more, and the probe loop shares it (gc_paused's reasons)."""
+    with gc_paused():
+        compiled = compile_rules(ruleset, ifindexes(cfg.ingress), limits)
+        compiled.layout   # noqa: B018  (the encoded tables: built here, off the loop)
+    return compiled
 
 
 def stage_config(path: str, running: SiteConfig | None, limits: Limits) -> Staged:

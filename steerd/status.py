@@ -53,6 +53,7 @@ def build(daemon) -> dict[str, Any]:
         "config_generation": daemon.config_generation,
         "uptime_s": round(time.monotonic() - daemon.started, 1),
         "metrics_port": daemon.metrics_port,
+        "probe_timing": daemon.probe_timing(time.monotonic()),
     }
 
 
