@@ -118,3 +118,23 @@ def test_down_in_time_while_a_reload_of_10000_rules_runs(lab, start_steerd):
     assert len(replies) == 3 and all(r["ok"] for r in replies), replies
     st = request(lab.socket, {"cmd": "status"})["status"]
     assert st["rules"] == 10000
+
+
+def test_cleanup_removes_what_a_reload_added_after_the_config_is_edited_back(lab):
+    """Issue 11 item 12: start with 5 tunnels, reload to 6 (a 6th table and ip
+    rule), edit the file back to 5 without reloading, stop: `steerd --cleanup`
+    removes all 6 (the union of what was installed), and the kernel is as before."""
+    from test_restart import kernel_state
+    from steerd.lab.runner import SteerdProcess
+    before = kernel_state(lab)
+    five = lab.config(tunnels=lab.config()["tunnels"][:5])
+    path = lab.write_config(five)
+    p = SteerdProcess(lab, path, ("--no-probe",))
+    lab.write_config(lab.config())
+    assert request(lab.socket, {"cmd": "reload"})["ok"]
+    assert len(request(lab.socket, {"cmd": "status"})["status"]["tunnels"]) == 6
+    lab.write_config(five)                    # edited back, never reloaded
+    p.stop()
+    p.cleanup()
+    after = kernel_state(lab)
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
