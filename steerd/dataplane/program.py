@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 
@@ -99,13 +100,26 @@ def _release_compiler_heap() -> None:
         pass
 
 
+def pinned_names() -> set[str]:
+    """The names steerd's programs pin (every PIN(name) in the C sources)."""
+    names: set[str] = set()
+    for src in sorted(ebpf_dir().glob("*.[ch]")):
+        names.update(re.findall(r"\bPIN\((\w+)\)", src.read_text()))
+    return names - {"name"}       # the macro's own definition
+
+
 def remove_pins(pin_dir: str) -> list[str]:
-    """Unpin everything steerd pinned (the maps live on while a program uses them)."""
+    """Unpin what steerd pinned (the maps live on while a program uses them), and
+    nothing else: a bpffs directory shared with another tool keeps that tool's
+    pins, and is removed only when nothing is left in it."""
     removed = []
     if not os.path.isdir(pin_dir):
         return removed
+    ours = pinned_names()
     for name in sorted(os.listdir(pin_dir)):
-        os.unlink(os.path.join(pin_dir, name))
-        removed.append(name)
-    os.rmdir(pin_dir)
+        if name in ours:
+            os.unlink(os.path.join(pin_dir, name))
+            removed.append(name)
+    if not os.listdir(pin_dir):
+        os.rmdir(pin_dir)
     return removed

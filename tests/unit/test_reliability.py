@@ -538,3 +538,59 @@ def test_a_second_daemon_on_the_same_socket_refuses_and_leaves_the_first_alone(t
             ok = await asyncio.to_thread(request, d.cfg.control_socket, {"cmd": "status"})
             assert ok["ok"]
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ should-fix list
+
+def test_remove_pins_removes_only_steerds_own(tmp_path):
+    from steerd.dataplane.program import pinned_names, remove_pins
+    d = tmp_path / "pins"
+    d.mkdir()
+    for name in ("slots", "flows", "someone_elses_map"):
+        (d / name).write_text("")
+    assert sorted(remove_pins(str(d))) == ["flows", "slots"]
+    assert os.listdir(d) == ["someone_elses_map"]
+    (d / "someone_elses_map").unlink()
+    (d / "tunnels").write_text("")
+    assert remove_pins(str(d)) == ["tunnels"] and not d.exists()
+    assert {"slots", "flows", "tunnels", "steer_cfg"} <= pinned_names()
+
+
+def test_events_file_is_rotated(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path=str(path), max_bytes=2000, debounce=0)
+    for i in range(100):
+        log.emit("link_down", f"test {i}", "t1")
+    assert path.stat().st_size < 2000 + 300
+    assert (tmp_path / "events.jsonl.1").exists()
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["reason"] == "test 99"
+
+
+def test_event_debounce_uses_the_monotonic_clock(monkeypatch):
+    log = EventLog(debounce=5.0)
+    log.emit("link_down", "same", "t1")
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 3600)     # the wall clock jumps an hour
+    assert log.emit("link_down", "same", "t1") is None          # still a repeat
+    assert log.events[-1].extra["repeated"] == 2
+
+
+def test_a_missing_rules_file_is_reported_and_a_reload_keeps_the_rules(tmp_path):
+    async def scenario():
+        (tmp_path / "rules.yaml").write_text(rules_text(3))
+        raw = base_config(tmp_path, rules_file="rules.yaml")
+        async with running(tmp_path, raw) as d:
+            assert len(d.ruleset.rules) == 3
+            (tmp_path / "rules.yaml").unlink()                 # briefly absent (an editor's save)
+            reply = await d.reload()
+            assert not reply["ok"] and "rules_file" in reply["text"]
+            assert len(d.ruleset.rules) == 3                    # the pins stay
+    asyncio.run(scenario())
+    # at start: the daemon runs, without rules, and says so
+    async def start():
+        raw = base_config(tmp_path, rules_file="absent.yaml")
+        async with running(tmp_path, raw) as d:
+            assert d.ruleset is None
+            assert any("absent.yaml" in e.reason for e in d.events.events)
+    asyncio.run(start())
