@@ -282,7 +282,8 @@ class QualityPlan:
                 self.entries[r.wan_key] = (r.choices, r.sla_class, limits)
         self.classes = {cls: lim for _, cls, lim in self.entries.values() if cls is not None}
         self.trackers: dict[tuple[str, str], SlaTracker] = {}
-        self.choices: dict[str, Choice] = {}
+        self._mos: dict[tuple[str, str], float | None] = {}     # (tunnel, class) -> last MOS
+        self.choices: dict[tuple[int, str], Choice] = {}        # (site, wan_key) -> choice
 
     def carry_over(self, old: "QualityPlan") -> None:
         """Keep the in/out state of the trackers a reload leaves unchanged."""
@@ -292,23 +293,33 @@ class QualityPlan:
 
     def evaluate(self, tunnels: Sequence[TunnelView], active: dict[str, int],
                  now: float) -> tuple[bool, list[SlaChange]]:
-        """Update every tracker and decision. *active*: wan role -> index (in
-        *tunnels*) of its tunnel in the active HA role. Returns (a decision
+        """One site: :meth:`track` then :meth:`decide`. Returns (a decision
         changed, the SLA transitions)."""
+        changes = self.track(tunnels, now)
+        return self.decide(tunnels, active), changes
+
+    def track(self, tunnels: Sequence[TunnelView], now: float) -> list[SlaChange]:
+        """Update every tunnel's tracker of every class in use (once per round:
+        tunnel names are unique on the gateway, whatever the site)."""
         changes: list[SlaChange] = []
-        measures: dict[tuple[int, str], Measure | None] = {}
         for cls, limits in self.classes.items():
-            for i, t in enumerate(tunnels):
+            for t in tunnels:
                 m = Measure.of(t.stats, limits.codec, t.long_loss) if t.stats is not None else None
-                measures[i, cls] = m
+                self._mos[t.name, cls] = m.mos if m else None
                 tr = self.trackers.get((t.name, cls))
                 if tr is None:
                     tr = self.trackers[t.name, cls] = SlaTracker(t.name, cls, limits)
                 c = tr.update(t.up, m, now)
                 if c is not None:
                     changes.append(c)
+        return changes
+
+    def decide(self, tunnels: Sequence[TunnelView], active: dict[str, int], site: int = 0) -> bool:
+        """Each quality rule's choice for one *site*. *active*: wan role -> index
+        (in *tunnels*) of the site's tunnel of that role in its active HA role; the
+        choice's tunnel is that index. True when a choice changed."""
         changed = False
-        for key, (choices, cls, limits) in self.entries.items():
+        for key, (choices, cls, _) in self.entries.items():
             cands = []
             for wan in choices:
                 i = active.get(wan)
@@ -316,26 +327,23 @@ class QualityPlan:
                     cands.append(Candidate(wan, None))
                     continue
                 t = tunnels[i]
-                codec = limits.codec if limits else DEFAULT_CODEC
-                m = measures.get((i, cls)) if cls else None
-                if m is None and t.stats is not None:
-                    m = Measure.of(t.stats, codec)
                 tr = self.trackers.get((t.name, cls)) if cls else None
-                cands.append(Candidate(wan, i, t.name, t.up, tr.in_sla if tr else True,
-                                       m.mos if m else None, tr.why if tr else ""))
+                mos = self._mos.get((t.name, cls)) if cls else None
+                cands.append(Candidate(wan, i, t.name, t.up, tr.in_sla if tr else True, mos,
+                                       tr.why if tr else ""))
             choice = choose(cands, cls)
-            if self.choices.get(key) != choice:
+            if self.choices.get((site, key)) != choice:
                 changed = True
-            self.choices[key] = choice
-        return changed, changes
+            self.choices[site, key] = choice
+        return changed
 
-    def resolved(self) -> dict[str, int | None]:
-        """The data path's wan-table entries of the quality rules (None: fallback)."""
-        return {key: c.tunnel for key, c in self.choices.items()}
+    def resolved(self, site: int = 0) -> dict[str, int | None]:
+        """One site's wan-table entries of the quality rules (None: fallback)."""
+        return {key: c.tunnel for (s, key), c in self.choices.items() if s == site}
 
-    def explain(self, wan_key: str, names: Sequence[str]) -> dict:
+    def explain(self, wan_key: str, names: Sequence[str], site: int = 0) -> dict:
         """Where a quality rule's flows go now and why (``steerctl rules list``)."""
-        c = self.choices.get(wan_key)
+        c = self.choices.get((site, wan_key))
         if c is None:
             return {"now": None, "decision": "pending", "why": "not evaluated yet"}
         return {"now": names[c.tunnel] if c.tunnel is not None else None, "now_wan": c.wan,

@@ -219,12 +219,31 @@ def test_plan_moves_the_voice_rule_and_shares_keys():
     worse = [slow[0], TunnelView("t2", "wan2", True, stats(20, loss=0.3)), good[2]]
     plan.evaluate(worse, active, 10.0)
     plan.evaluate(worse, active, 10.0 + LEAVE_HOLD)
-    assert plan.resolved()[video.wan_key] == 0 and plan.choices[video.wan_key].kind == "best"
+    assert plan.resolved()[video.wan_key] == 0 and plan.choices[0, video.wan_key].kind == "best"
     # everything down: fallback (None) and the preference rule too
     down = [TunnelView(n, w, False, None) for n, w in zip(names, ("wan1", "wan2", "wan3"))]
     plan.evaluate(down, active, 20.0)
     assert plan.resolved() == dict.fromkeys(plan.entries, None)
     assert ("t1", "realtime", False) in plan.sla_states()
+
+
+def test_plan_decides_per_site_with_one_tracker_per_tunnel():
+    # hub mode: two sites, each with its own wan1/wan2 tunnels; the trackers run once
+    # per round over every tunnel, the decision per site over that site's tunnels
+    rs = parse_rules("rules: [{name: v, wan: [wan1, wan2], sla: realtime}]", "r", WANS,
+                     sla_classes={"realtime": RT})
+    plan = QualityPlan(rs.rules, {"realtime": RT})
+    views = [TunnelView("a1", "wan1", True, stats(250)), TunnelView("a2", "wan2", True, stats(20)),
+             TunnelView("b1", "wan1", True, stats(20)), TunnelView("b2", "wan2", True, stats(20))]
+    sites = {0: {"wan1": 0, "wan2": 1}, 1: {"wan1": 2, "wan2": 3}}
+    for now in (0.0, LEAVE_HOLD):
+        changes = plan.track(views, now)
+        for sid, active in sites.items():
+            plan.decide(views, active, sid)
+    assert [(c.tunnel, c.type) for c in changes] == [("a1", "sla_violation")]
+    assert plan.resolved(0) == {"@wan1,wan2|realtime": 1}
+    assert plan.resolved(1) == {"@wan1,wan2|realtime": 2}
+    assert plan.explain("@wan1,wan2|realtime", ["a1", "a2", "b1", "b2"], 1)["now"] == "b1"
 
 
 def test_reload_keeps_unchanged_trackers():
