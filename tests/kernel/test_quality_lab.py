@@ -2,18 +2,22 @@
 wan1 for wan2 within 3 s of a brownout being measurable (latency from the lab's probe
 reflector, loss from nftables on the site side), while bulk flows stay spread; when
 wan1 recovers, voice returns after the restore hold. No rule is recompiled: the daemon
-rewrites the rule's wan-table entry (the rule set's generation does not change)."""
+rewrites the rule's wan-table entry (no rules_applied or config_reloaded event, the
+same config generation)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from steerd.cli import main as steerctl
 from steerd.cli import request
 from steerd.lab.impair import set_delay, set_drop
+from steerd.lab.netns import ns_sh
 from steerd.lab.runner import send, split
 
 pytestmark = pytest.mark.kernel
@@ -30,6 +34,12 @@ def rules_yaml(sla: str) -> str:
     wan: [wan1, wan2]
     sla: {sla}
 """
+
+
+def scrape(lab) -> str:
+    return ns_sh(lab.gw, sys.executable, "-c",
+                 "import urllib.request;print(urllib.request.urlopen("
+                 "'http://127.0.0.1:9469/metrics', timeout=5).read().decode())")
 
 
 def rule(lab, name="voice") -> dict:
@@ -100,6 +110,10 @@ def test_latency_brownout_moves_voice_and_back(lab, start_steerd, receiver):
     assert ev[0]["latency_ms"] > 150
     listed = CliRunner().invoke(steerctl, ["--socket", lab.socket, "rules", "list"]).output
     assert "pri-wan2" in listed and "wan1 out of rule:voice" in listed
+    sla_ok = {s.labels["tunnel"]: s.value for fam in text_string_to_metric_families(scrape(lab))
+              if fam.name == "steerd_tunnel_sla_ok" for s in fam.samples
+              if s.labels["class"] == "rule:voice"}
+    assert sla_ok["pri-wan1"] == 0 and sla_ok["pri-wan2"] == 1
 
     set_delay(lab, "pri-wan1", 0, 0)
     _, healthy = wait_for(lambda: (tunnel(lab)["rtt_ms"] or 999) <= 135, 30)   # 90 % of the limit
@@ -111,6 +125,7 @@ def test_latency_brownout_moves_voice_and_back(lab, start_steerd, receiver):
     assert voice == {"gw-p1": 60}
     types = [e["type"] for e in request(lab.socket, {"cmd": "events"})["events"]]
     assert types.count("sla_violation") == 1 and types.count("sla_restored") == 1
+    assert "rules_applied" not in types and "config_reloaded" not in types
     assert request(lab.socket, {"cmd": "status"})["status"]["config_generation"] == generation
 
 
