@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from . import qos, routes, tc
+from . import qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
 from .program import Classifier, ProgramParams, remove_pins
 
@@ -121,6 +121,7 @@ class Dataplane(Protocol):
     def counters(self) -> list[tuple[int, int]]: ...
     def flow_counts(self) -> list[int]: ...
     def slot_load(self) -> list[int]: ...
+    def traffic(self) -> list[tuple[int, float | None, int]] | None: ...
     def cleanup(self) -> dict[str, int]: ...
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
     def relayout(self, new: Layout, slots: list[int]) -> None: ...
@@ -145,6 +146,7 @@ class KernelDataplane:
         self.prog: Classifier | None = None
         self.slots = SlotTable([NO_TUNNEL] * layout.nslots, [0] * layout.nslots)
         self.usable = [False] * len(layout.tunnels)
+        self.upstream: upstream.UpstreamCounter | None = None
         self._rule_maps = None
 
     def rule_maps(self):
@@ -174,9 +176,17 @@ class KernelDataplane:
             before_attach(self.prog)
         for ifname in lay.ingress:
             tc.attach(ifname, self.prog.fd)
+        self._start_upstream()
         log.info("classifier attached to %s; %d tunnels, %d slots%s", ",".join(lay.ingress),
                  len(lay.tunnels), lay.nslots, " (adopted pinned state)" if adopted else "")
         return adopted
+
+    def _start_upstream(self) -> None:
+        try:
+            self.upstream = upstream.UpstreamCounter([t.interface for t in self.layout.tunnels])
+        except Exception as exc:  # no forwarding role: probe timing only, keep steering
+            log.error("upstream counter not loaded (dead tunnels found by probe timing only): %s",
+                      exc)
 
     def _read_slots(self) -> SlotTable | None:
         table = self.prog.table("slots")
@@ -241,6 +251,8 @@ class KernelDataplane:
             tc.attach(ifname, self.prog.fd)
         self.slots = SlotTable(list(slots), [(v + 1) & 0xFFFFFFFF for v in self.slots.ver])
         self._write_slot_entries(range(len(slots)))
+        if self.upstream:
+            self.upstream.set_interfaces([t.interface for t in new.tunnels])
 
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
         """HTB caps with priority bands on capped tunnels' egress; none elsewhere.
@@ -302,6 +314,14 @@ class KernelDataplane:
             out.append((sum(v.packets for v in vals), sum(v.bytes for v in vals)))
         return out
 
+    def traffic(self) -> list[tuple[int, float | None, int]] | None:
+        """Per tunnel: packets up from the site, their latest arrival (monotonic s),
+        packets steered down (tstats). Two map reads whatever the tunnel count."""
+        if self.upstream is None:
+            return None
+        down = {k: sum(c.packets for c in v) for k, v in self.prog.table("tstats").items_lookup_batch()}
+        return [(rx, last, down.get(i, 0)) for i, (rx, last) in enumerate(self.upstream.read())]
+
     def _live_flows(self):
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         idle = int(self.layout.flow_idle_timeout * 1e9)
@@ -331,6 +351,9 @@ class KernelDataplane:
         if self.prog:
             self.prog.close()
             self.prog = None
+        if self.upstream:
+            self.upstream.close()
+            self.upstream = None
 
     def cleanup(self) -> dict[str, int]:
         return cleanup_kernel(self.layout)
@@ -342,8 +365,9 @@ def cleanup_kernel(layout: Layout) -> dict[str, int]:
     shapers = sum(qos.remove(t.interface) for t in layout.tunnels if _exists(t.interface))
     removed_routes = routes.remove([t.table for t in layout.tunnels], layout.rule_priority)
     pins = remove_pins(layout.pin_dir)
-    return {"filters": filters, "shapers": shapers, "rules_and_routes": removed_routes,
-            "pinned_maps": len(pins)}
+    counters = upstream.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
+    return {"filters": filters, "upstream_filters": counters, "shapers": shapers,
+            "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
 
 
 def _exists(ifname: str) -> bool:

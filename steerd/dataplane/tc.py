@@ -1,9 +1,11 @@
-"""Attach/detach the classifier on clsact ingress with pyroute2.
+"""Attach/detach steerd's programs on clsact ingress with pyroute2.
 
-steerd owns exactly one filter per ingress interface, identified by its
+steerd owns exactly one filter per program and interface, identified by its
 priority and handle, so cleanup removes ours and nothing else. Replacing the
 filter (restart, upgrade) swaps the program atomically: packets never see
-the interface without a classifier.
+the interface without a classifier. The classifier sits on the ingress
+interfaces; the upstream counter (dataplane/upstream.py) on the tunnels, in
+its own priority band (UPSTREAM_PRIO) so the two never replace each other.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ FILTER_PRIO = 49152 - 7   # our own priority band; other tc users rarely pick it
 FILTER_HANDLE = 0x5e
 INGRESS_PARENT = 0xFFFFFFF2
 FILTER_NAME = "steerd"
+UPSTREAM_PRIO = FILTER_PRIO - 1
+UPSTREAM_NAME = "steerd-upstream"
 
 
 def _ifindex(ipr: IPRoute, ifname: str) -> int:
@@ -23,7 +27,7 @@ def _ifindex(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
-def attach(ifname: str, prog_fd: int) -> None:
+def attach(ifname: str, prog_fd: int, prio: int = FILTER_PRIO, name: str = FILTER_NAME) -> None:
     with IPRoute() as ipr:
         idx = _ifindex(ipr, ifname)
         try:
@@ -31,22 +35,22 @@ def attach(ifname: str, prog_fd: int) -> None:
         except NetlinkError as exc:
             if exc.code != 17:  # EEXIST: clsact already there (ours or someone's) is fine
                 raise
-        ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd, name=FILTER_NAME,
-               parent=INGRESS_PARENT, prio=FILTER_PRIO, protocol=0x0003, direct_action=True)
+        ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd, name=name,
+               parent=INGRESS_PARENT, prio=prio, protocol=0x0003, direct_action=True)
 
 
-def attached(ifname: str) -> bool:
+def attached(ifname: str, prio: int = FILTER_PRIO) -> bool:
     with IPRoute() as ipr:
         try:
             idx = _ifindex(ipr, ifname)
             filters = ipr.get_filters(idx, parent=INGRESS_PARENT)
         except (LookupError, NetlinkError):
             return False
-        return any(f.get("info", 0) >> 16 == FILTER_PRIO and f.get_attr("TCA_KIND") == "bpf"
+        return any(f.get("info", 0) >> 16 == prio and f.get_attr("TCA_KIND") == "bpf"
                    for f in filters)
 
 
-def detach(ifname: str) -> bool:
+def detach(ifname: str, prio: int = FILTER_PRIO) -> bool:
     """Remove our filter; remove clsact only when nothing else uses it."""
     with IPRoute() as ipr:
         try:
@@ -55,7 +59,7 @@ def detach(ifname: str) -> bool:
             return False
         try:
             ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=INGRESS_PARENT,
-                   prio=FILTER_PRIO, protocol=0x0003)
+                   prio=prio, protocol=0x0003)
         except NetlinkError:
             return False
         try:

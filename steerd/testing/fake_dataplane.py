@@ -61,6 +61,9 @@ class FakeDataplane:
     def slot_load(self) -> list[int]:
         return [0] * self.layout.nslots
 
+    def traffic(self) -> list[tuple[int, float | None, int]] | None:
+        return None
+
     def close(self) -> None:
         pass
 
