@@ -81,6 +81,36 @@ Costs, measured with ``simulate`` (seeded runs):
   like a blackhole inside the budget and is declared down; replies keep
   updating SRTT, so the tunnel comes back at its new RTT.
 
+Traffic-driven suspicion
+------------------------
+A tunnel that carries traffic tells us it is dead before the next probe is
+due: the packets coming up from the site stop. The daemon feeds the data
+path's counters (packets up from the site, the latest arrival's time, packets
+steered down) to ``on_upstream`` every few tens of ms; ``silence.SilenceWatch``
+says when a tunnel that was receiving has been silent much longer than its
+recent gaps while packets still went down (thresholds in silence.py). The
+tunnel then becomes a suspect at once, exactly as after a late probe, except:
+
+- confirmations go out ``TRAFFIC_CONFIRM_INTERVAL`` (5 ms) apart, and one
+  more is needed (no lost regular probe stands behind the suspicion, so N+1
+  misses keep p_hat**(N+1) <= 1e-7), and a tunnel opens at most one traffic
+  suspicion per probe interval: at most one such chance of a false down per
+  interval on top of the probe path's. With the RTT of a LAN (D = 50 ms) the
+  confirmation takes 14 * 5 ms + 50 ms = 0.12 s instead of 0.25 s; the
+  silence before it already showed the tunnel dead for at least 50 ms, so
+  ~0.17 s of silence in total stand behind a down (0.3 s on the probe path);
+- packets arriving from the site again clear it, like a reply would.
+
+When a late probe made the tunnel a suspect first and the silence becomes
+suspicious during its confirmation, the remaining confirmations go out 5 ms
+apart too (same episode, same N: no new chance of a false down).
+
+Silence alone never takes a tunnel down: the site going idle, a one-way
+downstream stream, on/off bursts or a flow ending make at most a suspicion
+that the first answered confirmation clears (a probe or two). The costs: a
+watched tunnel is read every 20 ms (one map lookup for all tunnels plus one
+batch read of tstats); a suspect gets up to 200 probes/s for ~0.1 s.
+
 Degraded, recovery, hysteresis
 ------------------------------
 ``degraded`` when the window (at least half of ``probe.window`` samples)
@@ -119,6 +149,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import silence
+from .silence import SilenceWatch
+
 if TYPE_CHECKING:  # duck-typed at run time: any object with these attributes works
     from .config import HealthConfig, ProbeConfig
 
@@ -126,6 +159,7 @@ UP, DEGRADED, DOWN = "up", "degraded", "down"
 STATES = (UP, DEGRADED, DOWN)
 
 FALSE_DOWN_PER_PROBE = 1e-7   # target p_hat**(N+1) per regular probe
+TRAFFIC_CONFIRM_INTERVAL = 0.005   # s between confirmations of a traffic-born suspicion
 MAX_CONFIRMATIONS = 30        # beyond that the link is as good as dead anyway
 LOSS_HISTORY = 200            # regular samples behind the long loss estimate
 PRIOR_LOST, PRIOR_N = 1.0, 10.0    # p_hat starts at 10 %
@@ -223,7 +257,11 @@ class LinkMonitor:
         self._ep_origin = 0.0                     # send time of the late probe that opened it
         self._ep_needed = 0
         self._ep_misses = 0
+        self._ep_spacing = health.confirm_interval   # between its confirmations
+        self._ep_cause = ""                       # why it started, when not a late probe
         self._next_confirm = math.inf
+        self._silence = SilenceWatch(probe.interval)
+        self._traffic_ok_at = -math.inf           # no traffic suspicion before this
         self._down_since: float | None = now if self.state == DOWN else None
         self._run = 0                             # consecutive successes while down
         self._run_start = 0.0
@@ -269,9 +307,9 @@ class LinkMonitor:
         if self.suspect:
             episode = self._episode
             if now >= self._next_confirm - SCHED_SLACK:
-                self._next_confirm += self.health.confirm_interval
+                self._next_confirm += self._ep_spacing
                 if self._next_confirm <= now:
-                    self._next_confirm = now + self.health.confirm_interval
+                    self._next_confirm = now + self._ep_spacing
         self._pending[seq] = _Probe(seq, now, regular, episode, now + self.deadline())
 
     def on_reply(self, seq: int, rtt: float, now: float) -> list[Transition]:
@@ -318,12 +356,44 @@ class LinkMonitor:
                     self._run = 0
         return out + self._evaluate_sla(now)
 
+    def on_upstream(self, now: float, rx: int, last: float | None, tx: int) -> bool:
+        """A reading of the data path: packets up from the site so far, the
+        latest one's arrival (same clock as ``now``), packets sent down so far.
+        Returns True when it made the tunnel a suspect (probe now)."""
+        v = self._silence.update(now, rx, last, tx)
+        if v.resumed and self.suspect and self._ep_cause:
+            self._clear_suspicion()       # the site is talking again
+            return False
+        if not v.suspicious or self.state == DOWN:
+            return False
+        cause = (f"upstream silent {v.silence * 1000:.0f} ms "
+                 f"(threshold {v.threshold * 1000:.0f} ms), then ")
+        spacing = min(self.health.confirm_interval, TRAFFIC_CONFIRM_INTERVAL)
+        if self.suspect:
+            if not self._ep_cause:   # a late probe got there first: the silence speeds it up
+                self._ep_cause, self._ep_spacing = cause, spacing
+                self._next_confirm = min(self._next_confirm, now)
+            return False
+        if now < self._traffic_ok_at:
+            return False
+        self._traffic_ok_at = now + self.probe.interval
+        self._open_suspicion(now, self.confirmations_needed() + 1, spacing, cause)
+        self._next_confirm = now
+        return True
+
+    def upstream_watched(self, now: float) -> bool:
+        """Whether upstream readings every silence.STEP can make this tunnel a suspect."""
+        if self.state == DOWN or (self.suspect and self._ep_cause):
+            return False
+        return self._silence.watched(now)
+
     def reconfigure(self, probe: ProbeConfig, health: HealthConfig) -> None:
         """New thresholds/intervals on reload; the measurements are kept."""
         if probe.interval != self.probe.interval:
             self._next_regular = min(self._next_regular, self._next_regular - self.probe.interval
                                      + probe.interval)
         self.probe, self.health = probe, health
+        self._silence.limit = probe.interval
         self._stats = None
 
     # ----------------------------------------------------------------- output
@@ -408,18 +478,27 @@ class LinkMonitor:
                     return self._go_down(now)
             return []
         if p.regular:
-            self.suspect = True
-            self._episodes += 1
-            self._episode = self._episodes
-            self._ep_origin = p.sent
-            self._ep_needed = self.confirmations_needed(exclude=p.seq)
-            self._ep_misses = 0
+            self._open_suspicion(p.sent, self.confirmations_needed(exclude=p.seq),
+                                 self.health.confirm_interval, "")
             self._next_confirm = p.deadline     # the first confirmation goes out at once
         return []
+
+    def _open_suspicion(self, origin: float, needed: int, spacing: float, cause: str) -> None:
+        """Replies to probes sent from *origin* on clear it; *needed* misses in a row
+        take the tunnel down. N is frozen here: an outage's misses cannot raise it."""
+        self.suspect = True
+        self._episodes += 1
+        self._episode = self._episodes
+        self._ep_origin = origin
+        self._ep_needed = needed
+        self._ep_misses = 0
+        self._ep_spacing = spacing
+        self._ep_cause = cause
 
     def _clear_suspicion(self) -> None:
         self.suspect = False
         self._episode = 0
+        self._ep_cause = ""
         self._next_confirm = math.inf
 
     def _change(self, new: str, reason: str, now: float) -> Transition:
@@ -430,14 +509,14 @@ class LinkMonitor:
         return t
 
     def _go_down(self, now: float) -> list[Transition]:
-        n = self._ep_misses
+        n, cause = self._ep_misses, self._ep_cause
         for p in self._pending.values():
             if p.sent >= self._ep_origin:
                 p.outage = True
         self._clear_suspicion()
         self._down_since, self._run = now, 0
         self._sla_ok_since = None
-        return [self._change(DOWN, f"{n} of {n} confirmation probes lost", now)]
+        return [self._change(DOWN, f"{cause}{n} of {n} confirmation probes lost", now)]
 
     def _recover(self, now: float) -> list[Transition]:
         # the window forgets the outage: it describes a path that is gone
@@ -530,20 +609,29 @@ class LinkMonitor:
 
 
 def simulate(monitor: LinkMonitor, rtt_of: Callable[[int, float], float | None],
-             start: float, until: float, tick: float = 0.0) -> list[Transition]:
+             start: float, until: float, tick: float = 0.0,
+             upstream: Callable[[float], tuple[int, float | None, int]] | None = None
+             ) -> list[Transition]:
     """Drive ``monitor`` with a synthetic path (pure, for tests and what-ifs).
 
     ``rtt_of(seq, sent)`` is the RTT of that probe's reply or None (lost).
     ``tick=0``: exact event times. ``tick>0``: a polling loop like the
     daemon's (send if due, then on_tick, every ``tick`` s; replies are handled
-    when they arrive, as the event loop's reader callback does)."""
+    when they arrive, as the event loop's reader callback does).
+    ``upstream(now)``: the data path's counters (``on_upstream``'s arguments),
+    read as often as the daemon does (silence.STEP while watched, else
+    silence.IDLE_STEP)."""
     out: list[Transition] = []
     replies: list[tuple[float, int, float]] = []
     seq, k, t = 0, 0, start
+    next_read = start if upstream else math.inf
     while t <= until:
         while replies and replies[0][0] <= t:
             at, s, rtt = heapq.heappop(replies)
             out += monitor.on_reply(s, rtt, at)
+        if upstream and t >= next_read:
+            monitor.on_upstream(t, *upstream(t))
+            next_read = t + (silence.STEP if monitor.upstream_watched(t) else silence.IDLE_STEP)
         if tick:
             out += monitor.on_tick(t)
         if t >= monitor.next_probe_at():
@@ -557,5 +645,5 @@ def simulate(monitor: LinkMonitor, rtt_of: Callable[[int, float], float | None],
             t = start + k * tick
         else:
             out += monitor.on_tick(t)
-            t = min(monitor.next_wakeup(), replies[0][0] if replies else math.inf)
+            t = min(monitor.next_wakeup(), replies[0][0] if replies else math.inf, next_read)
     return out
