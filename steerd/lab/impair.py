@@ -15,33 +15,41 @@ TABLE = "steerd_lab_impair"
 
 
 def _ensure_table(lab: Lab) -> None:
-    # raw-priority prerouting: drops happen before anything else sees the packet
+    # raw-priority prerouting: drops happen before anything else sees the packet;
+    # postrouting: what the site sends up a tunnel (a dead tunnel carries nothing either way)
     ns_sh(lab.site, "nft", "-f", "-", input=(
         f"table inet {TABLE} {{\n"
         f"  chain pre {{ type filter hook prerouting priority -300; policy accept; }}\n"
+        f"  chain post {{ type filter hook postrouting priority -300; policy accept; }}\n"
         f"}}\n"))
 
 
 def _delete_rules(lab: Lab, ifname: str) -> None:
-    out = ns_sh(lab.site, "nft", "-a", "list", "chain", "inet", TABLE, "pre")
-    for line in out.splitlines():
-        if f'iifname "{ifname}"' in line and "# handle" in line:
-            handle = line.rsplit("# handle", 1)[1].strip()
-            ns_sh(lab.site, "nft", "delete", "rule", "inet", TABLE, "pre", "handle", handle)
+    for chain, match in (("pre", f'iifname "{ifname}"'), ("post", f'oifname "{ifname}"')):
+        out = ns_sh(lab.site, "nft", "-a", "list", "chain", "inet", TABLE, chain)
+        for line in out.splitlines():
+            if match in line and "# handle" in line:
+                handle = line.rsplit("# handle", 1)[1].strip()
+                ns_sh(lab.site, "nft", "delete", "rule", "inet", TABLE, chain, "handle", handle)
 
 
-def set_drop(lab: Lab, tunnel: str, loss_pct: float = 0.0, blackhole: bool = False) -> None:
-    """Replace the tunnel's drop rule: everything (blackhole) or loss_pct % at random."""
+def set_drop(lab: Lab, tunnel: str, loss_pct: float = 0.0, blackhole: bool = False,
+             both_ways: bool = False) -> None:
+    """Replace the tunnel's drop rule: everything (blackhole) or loss_pct % at random,
+    of what the site receives through it; ``both_ways``: of what it sends up it too."""
     t = lab.tunnel(tunnel)
     _ensure_table(lab)
     _delete_rules(lab, t.site_if)
     if blackhole:
-        rule = f'iifname "{t.site_if}" counter drop'
+        what = "counter drop"
     elif loss_pct > 0:
-        rule = f'iifname "{t.site_if}" numgen random mod 10000 < {int(loss_pct * 100)} counter drop'
+        what = f"numgen random mod 10000 < {int(loss_pct * 100)} counter drop"
     else:
         return
-    ns_sh(lab.site, "nft", "add", "rule", "inet", TABLE, "pre", *rule.split())
+    ns_sh(lab.site, "nft", "add", "rule", "inet", TABLE, "pre", "iifname", t.site_if, *what.split())
+    if both_ways:
+        ns_sh(lab.site, "nft", "add", "rule", "inet", TABLE, "post", "oifname", t.site_if,
+              *what.split())
 
 
 def _parse(value: str | None, unit: str) -> float:

@@ -128,6 +128,15 @@ def send(lab: Lab, flows: int, dst: str = "10.20.0.0/16", duration: float = 2.0,
     return int(out.strip() or 0)
 
 
+def send_up(lab: Lab, tunnel: str, pps: float, duration: float, on: float = 0.0,
+            off: float = 0.0) -> subprocess.Popen:
+    """Upstream traffic from the site through *tunnel* (background; kill or wait)."""
+    t = lab.tunnel(tunnel)
+    cmd = [PY, "-m", "steerd.lab.traffic", "up", "--dev", t.site_if, "--dst", t.gw_addr,
+           "--pps", str(pps), "--duration", str(duration), "--on", str(on), "--off", str(off)]
+    return ns_popen(lab.site, cmd, stdout=subprocess.PIPE, text=True)
+
+
 def flow_tunnels(per_flow: dict[int, dict[str, int]]) -> dict[int, str]:
     """Each flow's main interface (where most of its packets arrived)."""
     return {f: max(ifs, key=ifs.get) for f, ifs in per_flow.items() if ifs}

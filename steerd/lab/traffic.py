@@ -3,6 +3,8 @@ that records, per flow, which tunnel interface each packet arrived on.
 
     python -m steerd.lab.traffic recv --port 5001 --out FILE      (site ns; SIGTERM to stop)
     python -m steerd.lab.traffic send --flows 3000 --dst 10.20.0.0/16 --port 5001 --duration 3
+    python -m steerd.lab.traffic up --dev gw-p1 --dst 169.254.11.1 --pps 100 --duration 60 \
+        [--on 0.2 --off 0.2]                                          (site ns: upstream traffic)
 
 A flow is (source port, destination address): the sender spreads flows over
 destination addresses of the range and a few source sockets; the payload
@@ -56,6 +58,31 @@ def send(dst: str, port: int, flows: int, duration: float, pps: float, first_flo
                     time.sleep(ahead)
         if time.monotonic() - start >= duration:
             return sent
+
+
+def send_up(dev: str, dst: str, pps: float, duration: float, on: float = 0.0,
+            off: float = 0.0) -> int:
+    """Paced UDP from the site up one tunnel (SO_BINDTODEVICE) to the discard
+    port of the gateway's end: traffic the gateway sees arrive from the site.
+    ``on``/``off`` > 0: bursts of *on* seconds with *off* seconds of silence."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    start = time.monotonic()
+    sent, k, gap = 0, 0, 1.0 / pps
+    while (t := start + k * gap) < start + duration:
+        if on > 0 and (t - start) % (on + off) >= on:
+            k += 1
+            continue
+        ahead = t - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        try:
+            s.sendto(b"up", (dst, 9))
+            sent += 1
+        except OSError:
+            pass  # the tunnel is being cut: the gateway's counters tell
+        k += 1
+    return sent
 
 
 class Receiver:
@@ -132,9 +159,19 @@ def main() -> None:
     s.add_argument("--duration", type=float, default=3.0)
     s.add_argument("--pps", type=float, default=20000)
     s.add_argument("--first-flow", type=int, default=0)
+    u = sub.add_parser("up")
+    u.add_argument("--dev", required=True)
+    u.add_argument("--dst", required=True)
+    u.add_argument("--pps", type=float, default=100)
+    u.add_argument("--duration", type=float, default=60.0)
+    u.add_argument("--on", type=float, default=0.0)
+    u.add_argument("--off", type=float, default=0.0)
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if a.cmd == "up":
+        print(send_up(a.dev, a.dst, a.pps, a.duration, a.on, a.off))
+        return
     if a.cmd == "send":
         print(send(a.dst, a.port, a.flows, a.duration, a.pps, a.first_flow))
         return
