@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
 import time
 from collections import deque
 
-from . import control, metrics, sdnotify, staging
+from . import control, metrics, sdnotify, silence, staging
 from .config import SiteConfig, load_config
 from .controller import NO_TUNNEL, Controller, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
@@ -205,6 +206,7 @@ class Daemon:
                          for t in self.cfg.tunnels]
         self.probers = [self._prober(i, t, loop) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
+        self.upstream_at = now           # next reading of the data path's traffic counters
 
     def _prober(self, i: int, t, loop: asyncio.AbstractEventLoop):
         from .probe import Prober
@@ -285,7 +287,27 @@ class Daemon:
             self.apply(*self.controller.link_state(i, tr.new, now))
             self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new)
 
+    def _read_upstream(self, now: float) -> None:
+        """Traffic-driven suspicion: the data path's per-tunnel counters to the
+        monitors, every silence.STEP while one of them can use it."""
+        try:
+            readings = self.dp.traffic()
+        except Exception as exc:  # a failed map read must not stop the probing
+            log.error("upstream counters unreadable, probe timing only from now: %s", exc)
+            readings = None
+        if readings is None:
+            self.upstream_at = math.inf
+            return
+        for mon, reading in zip(self.monitors, readings):
+            cause = mon.on_upstream(now, *reading)
+            if cause:
+                log.debug("%s suspect: %s", mon.tunnel, cause)
+        watched = any(m.upstream_watched(now) for m in self.monitors)
+        self.upstream_at = now + (silence.STEP if watched else silence.IDLE_STEP)
+
     def _probe_once(self, now: float) -> None:
+        if now >= self.upstream_at:
+            self._read_upstream(now)   # may make a tunnel a suspect: probed just below
         for i, mon in enumerate(self.monitors):
             try:
                 due = mon.next_probe_at()
@@ -327,7 +349,7 @@ class Daemon:
                 self._probe_once(now)
                 # sleep until the next probe or deadline of any tunnel (not a fixed
                 # poll: idle CPU matters on small gateways), at most MAX_SLEEP
-                wake = min([m.next_wakeup() for m in self.monitors] + [wake])
+                wake = min([m.next_wakeup() for m in self.monitors] + [wake, self.upstream_at])
                 self.heartbeat = now
             except Exception as exc:
                 self._loop_error("probe loop", exc)
