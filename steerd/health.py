@@ -356,30 +356,32 @@ class LinkMonitor:
                     self._run = 0
         return out + self._evaluate_sla(now)
 
-    def on_upstream(self, now: float, rx: int, last: float | None, tx: int) -> bool:
+    def on_upstream(self, now: float, rx: int, last: float | None, tx: int) -> str | None:
         """A reading of the data path: packets up from the site so far, the
         latest one's arrival (same clock as ``now``), packets sent down so far.
-        Returns True when it made the tunnel a suspect (probe now)."""
+        Returns why, when the silence made the tunnel a suspect (probe now) or
+        sped up the confirmation of one."""
         v = self._silence.update(now, rx, last, tx)
         if v.resumed and self.suspect and self._ep_cause:
             self._clear_suspicion()       # the site is talking again
-            return False
+            return None
         if not v.suspicious or self.state == DOWN:
-            return False
-        cause = (f"upstream silent {v.silence * 1000:.0f} ms "
-                 f"(threshold {v.threshold * 1000:.0f} ms), then ")
+            return None
+        cause = f"upstream silent {v.silence * 1000:.0f} ms (threshold {v.threshold * 1000:.0f} ms)"
         spacing = min(self.health.confirm_interval, TRAFFIC_CONFIRM_INTERVAL)
         if self.suspect:
-            if not self._ep_cause:   # a late probe got there first: the silence speeds it up
-                self._ep_cause, self._ep_spacing = cause, spacing
-                self._next_confirm = min(self._next_confirm, now)
-            return False
+            if self._ep_cause:
+                return None
+            # a late probe got there first: the silence speeds its confirmation up
+            self._ep_cause, self._ep_spacing = cause, spacing
+            self._next_confirm = min(self._next_confirm, now)
+            return cause
         if now < self._traffic_ok_at:
-            return False
+            return None
         self._traffic_ok_at = now + self.probe.interval
         self._open_suspicion(now, self.confirmations_needed() + 1, spacing, cause)
         self._next_confirm = now
-        return True
+        return cause
 
     def upstream_watched(self, now: float) -> bool:
         """Whether upstream readings every silence.STEP can make this tunnel a suspect."""
@@ -516,7 +518,8 @@ class LinkMonitor:
         self._clear_suspicion()
         self._down_since, self._run = now, 0
         self._sla_ok_since = None
-        return [self._change(DOWN, f"{cause}{n} of {n} confirmation probes lost", now)]
+        lost = f"{n} of {n} confirmation probes lost"
+        return [self._change(DOWN, f"{cause}, then {lost}" if cause else lost, now)]
 
     def _recover(self, now: float) -> list[Transition]:
         # the window forgets the outage: it describes a path that is gone

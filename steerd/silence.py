@@ -17,7 +17,10 @@ A silence is suspicious when all of these hold:
 
   a silence of 5 mean gaps happens to steady (Poisson) traffic in 0.7 % of
   its gaps; traffic that pauses on its own (on/off bursts, request/response)
-  raises its own bar: a 200 ms off phase puts theta at 300 ms for ``HORIZON``;
+  raises its own bar: a 200 ms off phase puts theta at 300 ms for ``HORIZON``.
+  Only silences of a tunnel that was receiving count, and only those that
+  would not put theta beyond ``limit`` anyway: a site idling between flows,
+  or answering probes only, is not its traffic's rhythm;
 - theta and the silence are below ``limit`` (the probe interval: beyond it
   probing is as fast);
 - packets went down the tunnel since the reading that saw the latest arrival:
@@ -81,7 +84,7 @@ class SilenceWatch:
         while self._gaps and self._gaps[0][0] < now - HORIZON:
             self._gaps.popleft()
         if resumed:
-            if self._silence_seen > 0:
+            if self._rate >= MIN_RATE and 0 < GAP_FACTOR * self._silence_seen < self.limit:
                 self._gaps.append((now, self._silence_seen))
             self._silence_seen, self._fired, self._tx_mark = 0.0, False, tx
             (t0, r0), (t1, r1) = self._readings[0], self._readings[-1]

@@ -141,6 +141,17 @@ def test_a_pause_raises_the_bar_for_the_horizon_only():
     assert w.threshold() == pytest.approx(silence.FLOOR)
 
 
+@pytest.mark.parametrize("before", ["probe replies", "an idle pause"])
+def test_silences_that_are_not_the_traffics_rhythm_raise_no_bar(before):
+    """Only probe replies (1/s) before the traffic starts, or a 5 s pause
+    between two busy periods: neither is the traffic's rhythm, so a busy
+    tunnel dying 3 s after its traffic (re)started is suspected at once."""
+    lead = paced(1, 0, 10.0) if before == "probe replies" else paced(500, 0, 5.0)
+    tr = Traffic(lead + paced(1000, 10.0, 13.0), paced(500, 0, 20.0))
+    hits = feed(SilenceWatch(1.0), tr, 0.0, 14.0)
+    assert [round(t, 1) for t, _ in hits][-1:] == [13.1], hits    # (the pause began as one too)
+
+
 def test_counter_restart_is_not_traffic():
     w = SilenceWatch(1.0)
     feed(w, Traffic(paced(500, 0, 2.0), []), 0.0, 2.0)
