@@ -245,21 +245,50 @@ def test_suspicion_cleared_by_traffic_resuming():
     assert not m.suspect
 
 
-def test_at_most_one_traffic_suspicion_per_probe_interval():
-    """Short pauses every 300 ms (theta resets when the horizon forgets them):
-    suspicions, each cleared by traffic resuming, never two within 1 s."""
-    up, t = [], 0.0
-    while t < 60.0:
-        up += paced(1000, t, t + 0.23)
-        t += 0.3
+class AlwaysSilent:
+    """A watch whose every reading is a suspicious silence (the budget alone decides)."""
+
+    def update(self, now, rx, last, tx):
+        return silence.Verdict(suspicious=True, silence=0.06, threshold=0.05)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.3])
+def test_suspicions_in_quick_succession_need_more_confirmations(loss):
+    """Suspicions every 100 ms, each answered: on a clean link each needs 15
+    misses; at 30 % loss the j-th within a probe interval needs
+    p_hat**N <= 1e-7 / 2**(j+1), and past MAX_CONFIRMATIONS none opens."""
+    rng = random.Random(3)
     m = LinkMonitor("t1", P1, H, 0.0)
-    tr = Traffic(up, paced(500, 0, 60.0))
-    opened, t = [], 0.0
-    while t < 60.0:
-        if m.on_upstream(t, *tr(t)):
-            opened.append(t)
-        t += silence.STEP
-    assert opened and all(b - a >= 1.0 for a, b in zip(opened, opened[1:]))
+    seq = 0
+    for k in range(100):                        # p_hat measured on 100 regular probes
+        seq += 1
+        m.on_sent(seq, float(k))
+        if rng.random() >= loss:
+            m.on_reply(seq, 0.002, k + 0.002)
+        m.on_tick(k + 1.0)
+    seq += 1
+    m.on_sent(seq, 100.0)
+    m.on_reply(seq, 0.002, 100.002)             # no probe-born suspicion left open
+    assert not m.suspect
+    m._silence = AlwaysSilent()
+    needed, t = [], 100.5
+    while t < 101.45:
+        p = m.loss_estimate()
+        if m.on_upstream(t, 0, None, 0):
+            needed.append((m._ep_needed, p))
+            seq += 1
+            m.on_sent(seq, t)
+            m.on_reply(seq, 0.002, t + 0.002)   # answered: cleared
+            assert not m.suspect
+        t += 0.1
+    for j, (n, p) in enumerate(needed):
+        assert n >= 15 and p ** n <= 1e-7 / 2 ** (j + 1), (j, n, p)
+    needed = [n for n, _ in needed]
+    if loss:
+        assert len(needed) >= 2 and needed == sorted(needed) and needed[-1] > needed[0], needed
+        assert needed[-1] <= 30
+    else:
+        assert needed == [15] * 10
 
 
 @pytest.mark.parametrize("loss,seed", [(0.10, 1), (0.10, 2), (0.40, 3), (0.40, 4)])
