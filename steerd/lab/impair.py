@@ -8,6 +8,8 @@ probing), and probe delay/jitter from the reflector (steerd.lab.reflector).
 """
 from __future__ import annotations
 
+import time
+
 from .netns import ns_sh
 from .topology import Lab
 
@@ -34,9 +36,11 @@ def _delete_rules(lab: Lab, ifname: str) -> None:
 
 
 def set_drop(lab: Lab, tunnel: str, loss_pct: float = 0.0, blackhole: bool = False,
-             both_ways: bool = False) -> None:
+             both_ways: bool = False) -> float:
     """Replace the tunnel's drop rule: everything (blackhole) or loss_pct % at random,
-    of what the site receives through it; ``both_ways``: of what it sends up it too."""
+    of what the site receives through it; ``both_ways``: of what it sends up it too.
+    Returns time.monotonic() just before the one command that installs the rules
+    (benchmarks time a failover from it)."""
     t = lab.tunnel(tunnel)
     _ensure_table(lab)
     _delete_rules(lab, t.site_if)
@@ -45,11 +49,13 @@ def set_drop(lab: Lab, tunnel: str, loss_pct: float = 0.0, blackhole: bool = Fal
     elif loss_pct > 0:
         what = f"numgen random mod 10000 < {int(loss_pct * 100)} counter drop"
     else:
-        return
-    ns_sh(lab.site, "nft", "add", "rule", "inet", TABLE, "pre", "iifname", t.site_if, *what.split())
+        return time.monotonic()
+    rules = f'add rule inet {TABLE} pre iifname "{t.site_if}" {what}\n'
     if both_ways:
-        ns_sh(lab.site, "nft", "add", "rule", "inet", TABLE, "post", "oifname", t.site_if,
-              *what.split())
+        rules += f'add rule inet {TABLE} post oifname "{t.site_if}" {what}\n'
+    t0 = time.monotonic()
+    ns_sh(lab.site, "nft", "-f", "-", input=rules)   # one transaction: both ways at once
+    return t0
 
 
 def _parse(value: str | None, unit: str) -> float:
