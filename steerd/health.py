@@ -392,10 +392,8 @@ class LinkMonitor:
         return cause
 
     def upstream_watched(self, now: float) -> bool:
-        """Whether upstream readings every silence.STEP can make this tunnel a suspect."""
-        if self.state == DOWN or (self.suspect and self._ep_cause):
-            return False
-        return self._silence.watched(now)
+        """Whether this tunnel wants upstream readings every silence.STEP."""
+        return self.state != DOWN and self._silence.watched(now)
 
     def reconfigure(self, probe: ProbeConfig, health: HealthConfig) -> None:
         """New thresholds/intervals on reload; the measurements are kept."""

@@ -13,11 +13,14 @@ A silence is suspicious when all of these hold:
   upstream traffic is left to probe timing);
 - it has lasted longer than
 
-      theta = max(FLOOR, RATE_GAPS / rate, GAP_FACTOR * longest silence in the last HORIZON)
+      theta = max(FLOOR, RATE_GAPS / rate, GAP_FACTOR * second longest silence in the last HORIZON)
 
   a silence of 5 mean gaps happens to steady (Poisson) traffic in 0.7 % of
   its gaps; traffic that pauses on its own (on/off bursts, request/response)
-  raises its own bar: a 200 ms off phase puts theta at 300 ms for ``HORIZON``.
+  raises its own bar: a 200 ms off phase seen twice puts theta at 300 ms for
+  ``HORIZON``. The second longest, not the longest: one stall of the sender
+  (a busy host, a GC pause) would otherwise blind the watch for ``HORIZON``,
+  while a pause that recurs costs one more suspicion (a probe) to learn.
   Only silences of a tunnel that was receiving count, and only those that
   would not put theta beyond ``limit`` anyway: a site idling between flows,
   or answering probes only, is not its traffic's rhythm;
@@ -111,10 +114,12 @@ class SilenceWatch:
         """theta (see the module docstring); inf while the tunnel is not watched."""
         if self._rate < MIN_RATE:
             return math.inf
-        longest = max((g for _, g in self._gaps), default=0.0)
-        theta = max(FLOOR, RATE_GAPS / self._rate, GAP_FACTOR * longest)
+        gaps = sorted(g for _, g in self._gaps)
+        recurring = gaps[-2] if len(gaps) >= 2 else 0.0
+        theta = max(FLOOR, RATE_GAPS / self._rate, GAP_FACTOR * recurring)
         return theta if theta < self.limit else math.inf
 
     def watched(self, now: float) -> bool:
-        """Whether a reading every STEP can still raise a suspicion."""
-        return not self._fired and self.threshold() < math.inf and self.silence(now) <= self.limit
+        """Whether readings every STEP are worth it: one can raise a suspicion,
+        or the silence in progress is to be measured (a rhythm to learn)."""
+        return self.threshold() < math.inf and self.silence(now) <= self.limit
