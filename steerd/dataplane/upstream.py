@@ -15,10 +15,10 @@ import ctypes as ct
 import logging
 import socket
 
-from . import tc
 from ..abi import MAX_TUNNELS
 from .program import _release_compiler_heap
 from .sources import ebpf_dir
+from .tc import UPSTREAM_NAME, UPSTREAM_PRIO, attach, detach as tc_detach
 
 log = logging.getLogger("steerd.dataplane")
 
@@ -47,14 +47,14 @@ class UpstreamCounter:
         if len(interfaces) > self.size:
             raise ValueError(f"{len(interfaces)} tunnels, the upstream counter holds {self.size}")
         for ifname in set(self.interfaces) - set(interfaces):
-            tc.detach(ifname, tc.UPSTREAM_PRIO)
+            tc_detach(ifname, UPSTREAM_PRIO)
         index = self.bpf[b"tunnel_of"]
         index.clear()
         self.interfaces = list(interfaces)
         for i, ifname in enumerate(interfaces):
             try:
                 index[ct.c_uint32(socket.if_nametoindex(ifname))] = ct.c_uint32(i)
-                tc.attach(ifname, self.fd, tc.UPSTREAM_PRIO, tc.UPSTREAM_NAME)
+                attach(ifname, self.fd, UPSTREAM_PRIO, UPSTREAM_NAME)
             except (OSError, LookupError) as exc:
                 log.warning("no upstream counter on %s (probe timing only): %s", ifname, exc)
         # new indexes start from zero counts; differences across the switch are meaningless
@@ -76,4 +76,4 @@ class UpstreamCounter:
 
 def detach(interfaces: list[str]) -> int:
     """Remove the counter from *interfaces*; returns how many filters were removed."""
-    return sum(tc.detach(i, tc.UPSTREAM_PRIO) for i in interfaces)
+    return sum(tc_detach(i, UPSTREAM_PRIO) for i in interfaces)
