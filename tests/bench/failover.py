@@ -27,6 +27,7 @@ import random
 import sys
 import time
 
+from benchout import record, verdict   # tests/bench, this script's directory
 from steerd.config import HealthConfig, ProbeConfig, parse_duration
 from steerd.health import LinkMonitor, simulate
 from steerd.lab.impair import set_drop
@@ -184,8 +185,7 @@ def main() -> int:
     for iv, secs, rate, times, sim in rows:
         goal = GOALS.get((secs, rate))
         p95 = pct(times, .95)
-        verdict = "" if goal is None else f"<= {goal * 1000:.0f} ms " + \
-            ("OK" if p95 <= goal else "MISSED")
+        said = "" if goal is None else f"<= {goal * 1000:.0f} ms {verdict(p95 <= goal)}"
         if goal is not None and p95 > goal:
             missed.append(f"p95 at {iv} probes, upstream {rate}/s: {ms(p95).strip()} > "
                           f"{goal * 1000:.0f} ms")
@@ -193,7 +193,9 @@ def main() -> int:
             if rate == 0 else ""
         print(f"{iv:>6}  {f'{rate}/s' if rate else 'idle':>9}  {ms(pct(times, .5))}  {ms(p95)}  "
               f"{ms(max(times))}  {ratio:>9}  {ms(pct(sim, .5))} / {ms(max(sim)).strip():>7}  "
-              f"{verdict}")
+              f"{said}")
+    record(trials_s={iv if rate == 0 else f"{iv}, {rate}/s up": times
+                     for iv, _, rate, times, _ in rows})
     print("ratio: p95 over the idle (probe-only) p95 of the same run and probe interval")
     print("simulated: the detection alone (health.simulate, 200 phases, paced upstream, the lab's "
           f"RTT {rtts[0] * 1000:.2f} ms), without scheduling, reprogramming or the flows' send gap")
