@@ -12,18 +12,9 @@ import pytest
 from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_sh
 from steerd.lab.runner import send, send_up
+from test_failover import wait_for
 
 pytestmark = pytest.mark.kernel
-
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def suspicions(steerd) -> Counter:
