@@ -46,6 +46,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from .units import format_duration, parse_duration
 from .yamlsrc import Node, Problem, ValidationError, load_yaml
 
 MODES = ("responder-only", "bidirectional")
@@ -127,7 +128,6 @@ def validate_ipsec(node: Node, path: str, tunnel_names: Iterable[str] | None = N
     if "dpd_delay" in v:
         n = v["dpd_delay"]
         try:
-            from .config import parse_duration
             if n.tag != "scalar" or parse_duration(n.value) > 3600:
                 raise ValueError
         except ValueError:
@@ -466,7 +466,6 @@ def render(cfg_ipsec: dict, site_cfg, secrets_path: str | None = None, show_secr
     if isinstance(local_ts, str):
         local_ts = [local_ts]
     dpd = cfg_ipsec.get("dpd_delay", "10s")
-    from .config import format_duration, parse_duration
     dpd_s = format_duration(parse_duration(dpd)) if dpd is not None else "0s"
     init = _proposals((cfg_ipsec.get("proposals") or {}).get("init"), init=True)
     auth = _proposals((cfg_ipsec.get("proposals") or {}).get("auth"), init=False)
