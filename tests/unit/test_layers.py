@@ -12,6 +12,8 @@ import ast
 import re
 from pathlib import Path
 
+from steerd.yamlsrc import gc_paused
+
 PKG = Path(__file__).resolve().parents[2] / "steerd"
 README = PKG.parent / "README.md"
 
@@ -41,7 +43,12 @@ def module_name(path: Path) -> str:
 
 def _imports(path: Path) -> list[tuple[str, int]]:
     """(absolute module name, line) of every import that runs."""
-    tree = ast.parse(path.read_text(), str(path))
+    # CPython 3.11.2's AST constructor counts its recursion depth and raises
+    # SystemError ("AST constructor recursion depth mismatch") when a garbage
+    # collection inside it runs a finalizer (an unclosed socket's ResourceWarning
+    # from an earlier test): no collection while parsing (gh-106905, fixed in 3.11.5)
+    with gc_paused():
+        tree = ast.parse(path.read_text(), str(path))
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
