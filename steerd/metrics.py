@@ -96,10 +96,18 @@ class SteerdCollector:
             ("rebalances", d.rebalances, "slot-table reprogrammings"),
             ("link_state_changes", d.link_changes, "tunnel state transitions"),
             ("config_load_errors", d.config_errors, "rejected config or rules loads"),
+            ("event_write_errors", d.events.write_errors,
+             "events not written to the events file (full disk...); they stay in the log"),
         ):
             m = CounterMetricFamily(f"steerd_{name}", doc)
             m.add_metric([], value)
             yield m
+        loop_errors = CounterMetricFamily(
+            "steerd_loop_errors", "errors a daemon loop survived (logged, the loop went on)",
+            labels=["where"])
+        for where, n in sorted(d.loop_errors.items()):
+            loop_errors.add_metric([where], n)
+        yield loop_errors
         moved = CounterMetricFamily("steerd_slots_moved", "slots reassigned by rebalances")
         moved.add_metric([], d.slots_moved)
         yield moved

@@ -138,3 +138,31 @@ def test_cleanup_removes_what_a_reload_added_after_the_config_is_edited_back(lab
     p.cleanup()
     after = kernel_state(lab)
     assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+
+
+BIG_STATUS = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(json.dumps({"cmd": "status", "pad": "x" * int(sys.argv[2])}).encode() + b"\n")
+s.shutdown(socket.SHUT_WR)
+print(s.makefile("rb").readline().decode(), end="")
+"""
+
+
+def test_group_members_requests_are_small_roots_are_not(lab, start_steerd, accounts):  # noqa: F811
+    """Issue 11 item 2: a member cannot make the daemon buffer MiBs per connection."""
+    group, member, _ = accounts
+    os.chmod(lab.run_dir, 0o755)
+    start_steerd(lab.config(control_group=group))
+
+    def status_as(user, pad: int) -> dict:
+        who = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}",
+                                       "--init-groups"]
+        out = subprocess.run([*who, "/usr/bin/python3", "-c", BIG_STATUS, lab.socket, str(pad)],
+                             capture_output=True, text=True, timeout=30)
+        return json.loads(out.stdout)
+    assert status_as(member, 1000)["ok"]
+    refused = status_as(member, 100_000)
+    assert not refused["ok"] and "larger than 16384" in refused["error"]
+    assert status_as(None, 100_000)["ok"]          # root may send a rules file's worth

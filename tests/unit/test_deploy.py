@@ -73,6 +73,7 @@ def fake_daemon():
               counters_cache=[(1500, 1_200_000), (0, 0)],
               rebalances=3, slots_moved=410, link_changes=2, config_errors=1, config_generation=2,
               rulemaps=NS(hits=lambda: {"voice": 42, "backup": 0}),
+              events=NS(write_errors=0), loop_errors={"counters": 1},
               hooks=HookRunner([Hook(frozenset({"link_down"}), "/usr/local/sbin/notify", 5.0)],
                                EventLog()))
 

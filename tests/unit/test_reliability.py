@@ -142,6 +142,15 @@ def test_item1_a_failed_data_plane_write_is_retried_and_the_loops_live_on(tmp_pa
                 await asyncio.sleep(0.1)
             assert d.dp.usable[i] is False and i not in d.dp.slots.tunnel
             assert "loop_error" in types(d)
+            # and an operator sees them counted
+            from prometheus_client import generate_latest
+            from prometheus_client.registry import CollectorRegistry
+            from steerd.metrics import SteerdCollector
+            reg = CollectorRegistry()
+            reg.register(SteerdCollector(d))
+            text = generate_latest(reg).decode()
+            assert 'steerd_loop_errors_total{where="counters"} 1.0' in text
+            assert 'steerd_loop_errors_total{where="dataplane"} 1.0' in text
     asyncio.run(scenario())
 
 
