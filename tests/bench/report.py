@@ -18,6 +18,8 @@ from typing import Any
 # PEERS (docs/peers.md): default detection time of a dead link, seconds
 PEER_DETECTION = {"FortiOS SD-WAN": 2.75, "Cisco BFD 1 s x 7": 7.0, "pfSense/dpinger": 15.0,
                   "mwan3": 65.0}
+# "<setup>   <median Mbit/s>  <x none>   <min>-<max>" in the throughput table
+THROUGHPUT_ROW = re.compile(r"^(\S.{57}) +(\d+) +[\d.]+ +(\d+)-(\d+)$", re.M)
 TRIAL = re.compile(r"interval\s+(\S+)\s+trial\s+\d+:.*after\s+([\d.]+|inf)\s*ms")
 
 
@@ -32,9 +34,6 @@ def load(out: Path, name: str) -> dict[str, Any] | None:
 def failover_trials(out: Path) -> dict[str, list[float]]:
     """Per probe interval, every trial's failover time in seconds (from the
     failover bench's output: it prints one line per trial)."""
-    data = load(out, "failover")
-    if data and "trials_s" in data:
-        return data["trials_s"]
     txt = out / "failover.txt"
     trials: dict[str, list[float]] = {}
     if txt.exists():
@@ -105,17 +104,28 @@ def plot_rebalance(ax, d: dict | None) -> None:
     ax.legend(fontsize=7)
 
 
-def plot_throughput(ax, d: dict | None) -> None:
+def throughput_figures(out: Path) -> dict[str, tuple[float, float, float]]:
+    """Per setup: (median, min, max) Mbit/s of the interleaved rounds, from the
+    throughput bench's figures or, when it stopped before recording them (its
+    new-connections part failed), from the table it printed."""
+    d = load(out, "throughput")
+    if d:
+        return {d["labels"][m]: (d["median_mbps"][m], min(v), max(v)) for m, v in d["runs_mbps"].items()}
+    txt = out / "throughput.txt"
+    rows = THROUGHPUT_ROW.findall(txt.read_text(encoding="utf-8")) if txt.exists() else []
+    return {label.strip(): (float(med), float(lo), float(hi)) for label, med, lo, hi in rows}
+
+
+def plot_throughput(ax, figures: dict[str, tuple[float, float, float]]) -> None:
     ax.set_title("gateway throughput (iperf3), median and min-max")
-    if not d:
+    if not figures:
         return _missing(ax, "throughput")
-    labels = list(d["runs_mbps"])
-    med = [d["median_mbps"][m] / 1000 for m in labels]
-    lo = [m - min(d["runs_mbps"][k]) / 1000 for m, k in zip(med, labels)]
-    hi = [max(d["runs_mbps"][k]) / 1000 - m for m, k in zip(med, labels)]
+    labels = list(figures)
+    med = [figures[k][0] / 1000 for k in labels]
+    lo = [m - figures[k][1] / 1000 for m, k in zip(med, labels)]
+    hi = [figures[k][2] / 1000 - m for m, k in zip(med, labels)]
     ax.bar(range(len(labels)), med, yerr=[lo, hi], capsize=4, color="tab:blue")
-    ax.set_xticks(range(len(labels)), [d["labels"].get(k, k) for k in labels], fontsize=7,
-                  rotation=15)
+    ax.set_xticks(range(len(labels)), [k.replace(", ", ",\n", 1) for k in labels], fontsize=7)
     ax.set_ylabel("Gbit/s")
 
 
@@ -128,7 +138,8 @@ def summary_lines(out: Path, ok: dict[str, bool]) -> list[str]:
         txt = out / f"{name}.txt"
         goals = [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines()
                  if "goal" in ln.lower()] if txt.exists() else []
-        lines.append(f"| {name} | {'OK' if good else 'FAILED'} | {'<br>'.join(goals) or '-'} |")
+        cell = "<br>".join(g.replace("|", "\\|") for g in goals) or "-"
+        lines.append(f"| {name} | {'OK' if good else 'FAILED'} | {cell} |")
     lines += ["", "![make bench plots](report.png)", ""]
     return lines
 
@@ -143,7 +154,7 @@ def write(out: Path, dest: Path, ok: dict[str, bool]) -> list[Path]:
     plot_failover(axes[0][0], failover_trials(out))
     plot_rules(axes[0][1], load(out, "rules"))
     plot_rebalance(axes[1][0], load(out, "rebalance"))
-    plot_throughput(axes[1][1], load(out, "throughput"))
+    plot_throughput(axes[1][1], throughput_figures(out))
     fig.suptitle("steerd: make bench")
     fig.tight_layout()
     png = dest / "report.png"
