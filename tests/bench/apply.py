@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def main() -> int:
             steerd.stop()
             steerd.cleanup()
         lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
     ok = True
