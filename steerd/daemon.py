@@ -30,6 +30,7 @@ log = logging.getLogger("steerd")
 MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation interval
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
 PROBE_TIMING_WINDOW = 10.0  # seconds of probe send lateness that status reports
+QUALITY_EVERY = 0.1     # s between quality-rule evaluations in the probe loop (a link change: at once)
 FLOW_COUNT_MAX_AGE = 1.0  # seconds a status may show old flow counts (a table walk each)
 
 
@@ -66,6 +67,7 @@ class Daemon:
         self.ruleset = None
         self.rulemaps = None
         self.quality = None              # sla.QualityPlan of the rules with a wan list or an SLA
+        self._quality_at = -QUALITY_EVERY
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
         self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
         self.loop_errors: dict[str, int] = {}
@@ -323,8 +325,12 @@ class Daemon:
             except Exception as exc:   # one tunnel's failure must not stop the others'
                 self._loop_error(f"probe {self.cfg.tunnels[i].name}", exc)
         self.apply(*self.controller.tick(now))
-        if self.evaluate_quality(now):
-            self._write_quality()
+        # the loop turns every 15 ms while a tunnel is suspect; the statistics change
+        # once per probe, and the hold-downs are seconds: 100 ms is fine-grained enough
+        if now - self._quality_at >= QUALITY_EVERY:
+            self._quality_at = now
+            if self.evaluate_quality(now):
+                self._write_quality()
 
     def probe_timing(self, now: float, window: float = PROBE_TIMING_WINDOW) -> dict:
         """How late probes left against their schedule over the last *window* seconds
