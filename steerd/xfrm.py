@@ -1,5 +1,8 @@
 """XFRM awareness: which tunnels are XFRM interfaces, whether their SAs exist, and
-their ESP counters — read from the kernel over netlink (NETLINK_XFRM, no tools).
+their ESP counters — read from the kernel over netlink, no tools. Links and
+addresses come through pyroute2 (rtnetlink); the SAs and their events through a
+raw NETLINK_XFRM socket (pyroute2 has no XFRM family), decoded with the kernel's
+structures declared below (linux/xfrm.h).
 
 A tunnel whose interface is an XFRM interface (``if_id`` N) carries traffic only
 while the kernel has an outbound SA with ``if_id`` N. When the IKE daemon deletes
@@ -20,33 +23,93 @@ tested without root.
 """
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import ipaddress
-import json
 import os
 import socket
 import struct
-import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from pyroute2 import IPRoute
 
 NETLINK_XFRM = 6
-NETLINK_ROUTE = 0
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 XFRM_MSG_NEWSA, XFRM_MSG_DELSA, XFRM_MSG_GETSA = 0x10, 0x11, 0x12
 XFRM_MSG_EXPIRE, XFRM_MSG_UPDSA, XFRM_MSG_FLUSHSA = 0x18, 0x1A, 0x1C
 XFRMA_SA, XFRMA_IF_ID = 6, 31
 XFRMNLGRP_EXPIRE, XFRMNLGRP_SA = 2, 3
-RTM_GETADDR, RTM_NEWADDR = 22, 20
-IFA_ADDRESS, IFA_LOCAL = 1, 2
 IPPROTO_ESP = 50
 
-SIZEOF_USERSA_INFO = 224      # struct xfrm_usersa_info (x86_64 and other LP64)
-SIZEOF_USERSA_ID = 24         # struct xfrm_usersa_id
-SIZEOF_USER_EXPIRE = 232      # struct xfrm_user_expire: usersa_info + hard, padded
+T = TypeVar("T")
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTATTR = struct.Struct("=HH")
+
+
+# linux/xfrm.h, as the kernel lays them out (native byte order and alignment;
+# the SPI and ports are big-endian on the wire, converted where read).
+class XfrmAddress(ct.Union):
+    """xfrm_address_t: IPv4 in the first 4 bytes, else IPv6 (network byte order)."""
+
+    _fields_ = [("a4", ct.c_uint32), ("a6", ct.c_uint32 * 4)]
+
+
+class XfrmSelector(ct.Structure):
+    _fields_ = [("daddr", XfrmAddress), ("saddr", XfrmAddress), ("dport", ct.c_uint16),
+                ("dport_mask", ct.c_uint16), ("sport", ct.c_uint16), ("sport_mask", ct.c_uint16),
+                ("family", ct.c_uint16), ("prefixlen_d", ct.c_uint8), ("prefixlen_s", ct.c_uint8),
+                ("proto", ct.c_uint8), ("ifindex", ct.c_int32), ("user", ct.c_uint32)]
+
+
+class XfrmId(ct.Structure):
+    _fields_ = [("daddr", XfrmAddress), ("spi", ct.c_uint32), ("proto", ct.c_uint8)]
+
+
+class XfrmLifetimeCfg(ct.Structure):
+    _fields_ = [(name, ct.c_uint64) for name in (
+        "soft_byte_limit", "hard_byte_limit", "soft_packet_limit", "hard_packet_limit",
+        "soft_add_expires_seconds", "hard_add_expires_seconds",
+        "soft_use_expires_seconds", "hard_use_expires_seconds")]
+
+
+class XfrmLifetimeCur(ct.Structure):
+    _fields_ = [("bytes", ct.c_uint64), ("packets", ct.c_uint64), ("add_time", ct.c_uint64),
+                ("use_time", ct.c_uint64)]
+
+
+class XfrmStats(ct.Structure):
+    _fields_ = [("replay_window", ct.c_uint32), ("replay", ct.c_uint32),
+                ("integrity_failed", ct.c_uint32)]
+
+
+class XfrmUsersaInfo(ct.Structure):
+    """The SA itself: XFRM_MSG_NEWSA/UPDSA payload, XFRMA_SA of a DELSA."""
+
+    _fields_ = [("sel", XfrmSelector), ("id", XfrmId), ("saddr", XfrmAddress),
+                ("lft", XfrmLifetimeCfg), ("curlft", XfrmLifetimeCur), ("stats", XfrmStats),
+                ("seq", ct.c_uint32), ("reqid", ct.c_uint32), ("family", ct.c_uint16),
+                ("mode", ct.c_uint8), ("replay_window", ct.c_uint8), ("flags", ct.c_uint8)]
+
+
+class XfrmUsersaId(ct.Structure):
+    """XFRM_MSG_DELSA payload (followed by attributes)."""
+
+    _fields_ = [("daddr", XfrmAddress), ("spi", ct.c_uint32), ("family", ct.c_uint16),
+                ("proto", ct.c_uint8)]
+
+
+class XfrmUserExpire(ct.Structure):
+    """XFRM_MSG_EXPIRE payload: the SA and whether the hard limit was hit."""
+
+    _fields_ = [("state", XfrmUsersaInfo), ("hard", ct.c_uint8)]
+
+
+SIZEOF_USERSA_INFO = ct.sizeof(XfrmUsersaInfo)
+SIZEOF_USERSA_ID = ct.sizeof(XfrmUsersaId)
+SIZEOF_USER_EXPIRE = ct.sizeof(XfrmUserExpire)
 
 
 @dataclass(frozen=True)
@@ -82,10 +145,10 @@ class EspCounters:
 
 # ------------------------------------------------------------------ parsing (pure)
 
-def _addr(raw: bytes, family: int) -> str:
+def _addr(a: XfrmAddress, family: int) -> str:
     if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(raw[:16]))
-    return str(ipaddress.IPv4Address(raw[:4]))
+        return str(ipaddress.IPv6Address(bytes(a)))
+    return str(ipaddress.IPv4Address(bytes(a)[:4]))
 
 
 def _attrs(buf: bytes, off: int) -> Iterator[tuple[int, bytes]]:
@@ -99,17 +162,12 @@ def _attrs(buf: bytes, off: int) -> Iterator[tuple[int, bytes]]:
 
 
 def parse_sa_info(info: bytes, if_id: int = 0) -> SaInfo:
-    """A struct xfrm_usersa_info (224 bytes) to SaInfo."""
+    """A struct xfrm_usersa_info to SaInfo."""
     if len(info) < SIZEOF_USERSA_INFO:
-        raise ValueError(f"xfrm_usersa_info of {len(info)} bytes")
-    family = struct.unpack_from("=H", info, 212)[0]
-    dst = _addr(info[56:72], family)
-    spi = struct.unpack_from("!I", info, 72)[0]
-    proto = info[76]
-    src = _addr(info[80:96], family)
-    nbytes, npackets = struct.unpack_from("=QQ", info, 160)
-    reqid = struct.unpack_from("=I", info, 208)[0]
-    return SaInfo(src, dst, spi, proto, reqid, if_id, nbytes, npackets)
+        raise ValueError(f"xfrm_usersa_info of {len(info)} bytes, expected {SIZEOF_USERSA_INFO}")
+    sa = XfrmUsersaInfo.from_buffer_copy(info[:SIZEOF_USERSA_INFO])
+    return SaInfo(_addr(sa.saddr, sa.family), _addr(sa.id.daddr, sa.family), socket.ntohl(sa.id.spi),
+                  sa.id.proto, sa.reqid, if_id, sa.curlft.bytes, sa.curlft.packets)
 
 
 def _if_id(buf: bytes, off: int) -> int:
@@ -136,13 +194,14 @@ def parse_event(msg_type: int, payload: bytes) -> SaEvent | None:
             if typ == XFRMA_SA and len(val) >= SIZEOF_USERSA_INFO:
                 sa = parse_sa_info(val, if_id)
         if sa is None:
-            family = struct.unpack_from("=H", payload, 20)[0]
-            return SaEvent("deleted", if_id, struct.unpack_from("!I", payload, 16)[0],
-                           "", _addr(payload[:16], family))
+            if len(payload) < SIZEOF_USERSA_ID:
+                raise ValueError(f"xfrm_usersa_id of {len(payload)} bytes, expected {SIZEOF_USERSA_ID}")
+            sa_id = XfrmUsersaId.from_buffer_copy(payload[:SIZEOF_USERSA_ID])
+            return SaEvent("deleted", if_id, socket.ntohl(sa_id.spi), "", _addr(sa_id.daddr, sa_id.family))
         return SaEvent("deleted", if_id, sa.spi, sa.src, sa.dst)
     if msg_type == XFRM_MSG_EXPIRE:
         sa = parse_sa_info(payload[:SIZEOF_USERSA_INFO], _if_id(payload, SIZEOF_USER_EXPIRE))
-        hard = payload[SIZEOF_USERSA_INFO] if len(payload) > SIZEOF_USERSA_INFO else 0
+        hard = payload[XfrmUserExpire.hard.offset] if len(payload) > XfrmUserExpire.hard.offset else 0
         return SaEvent("expired" if hard else "soft-expired", sa.if_id, sa.spi, sa.src, sa.dst)
     if msg_type == XFRM_MSG_FLUSHSA:
         return SaEvent("flushed", None)
@@ -209,17 +268,24 @@ def sa_table() -> list[SaInfo]:
             if typ == XFRM_MSG_NEWSA]
 
 
+def _rtnl(query: Callable[[IPRoute], T]) -> T:
+    """*query* on a fresh IPRoute, in a worker thread the caller waits for.
+    pyroute2's synchronous API drives an asyncio loop of its own and refuses a
+    thread where one already runs (the daemon's)."""
+    def run() -> T:
+        with IPRoute() as ipr:
+            return query(ipr)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
 def local_addresses() -> set[str]:
-    """Addresses configured on this namespace's interfaces (IPv4 and IPv6)."""
-    out: set[str] = set()
-    for typ, body in _dump(NETLINK_ROUTE, RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):
-        if typ != RTM_NEWADDR or len(body) < 8:
-            continue
-        family = body[0]
-        for atyp, val in _attrs(body, 8):
-            if atyp in (IFA_ADDRESS, IFA_LOCAL) and len(val) in (4, 16):
-                out.add(_addr(val, socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET))
-    return out
+    """Addresses configured on this namespace's interfaces (IPv4 and IPv6): an
+    address's IFA_LOCAL, else its IFA_ADDRESS (on a point-to-point link
+    IFA_ADDRESS is the peer's)."""
+    found = _rtnl(lambda ipr: {a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                               for a in ipr.get_addr()})
+    return {str(ipaddress.ip_address(a)) for a in found if a}
 
 
 def sa_if_ids(outbound_only: bool = True) -> set[int]:
@@ -233,28 +299,22 @@ def esp_counters() -> dict[int, EspCounters]:
 
 
 def xfrm_interfaces() -> dict[str, int]:
-    """XFRM interfaces of this namespace: name -> if_id (`ip -j -d link show type xfrm`)."""
-    try:
-        res = subprocess.run(["ip", "-j", "-d", "link", "show", "type", "xfrm"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if res.returncode != 0:
-        return {}
-    return parse_ip_link_json(res.stdout)
+    """XFRM interfaces of this namespace: name -> if_id."""
+    return _rtnl(lambda ipr: xfrm_if_ids(ipr.get_links()))
 
 
-def parse_ip_link_json(text: str) -> dict[str, int]:
+def xfrm_if_ids(links: Iterable[Any]) -> dict[str, int]:
+    """name -> if_id of the XFRM interfaces among rtnetlink link messages (pyroute2's
+    ifinfmsg); interfaces without an if_id carry no SAs and are left out."""
     out = {}
-    for link in json.loads(text or "[]"):
-        info = link.get("linkinfo") or {}
-        if info.get("info_kind") == "xfrm":
-            data = info.get("info_data") or {}
-            if_id = data.get("if_id")
-            if isinstance(if_id, str):
-                if_id = int(if_id, 0)
-            if if_id:
-                out[link["ifname"]] = int(if_id)
+    for link in links:
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "xfrm":
+            continue
+        data = info.get_attr("IFLA_INFO_DATA")
+        if_id = data.get_attr("IFLA_XFRM_IF_ID") if data is not None else None
+        if if_id:
+            out[link.get_attr("IFLA_IFNAME")] = int(if_id)
     return out
 
 

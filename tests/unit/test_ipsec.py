@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import os
 import re
 import socket
@@ -355,7 +354,7 @@ def test_empty_section_is_valid():
 
 def usersa_info(src: str, dst: str, spi: int, reqid: int = 1, nbytes: int = 0, npackets: int = 0,
                 family: int = socket.AF_INET, proto: int = xfrm.IPPROTO_ESP) -> bytes:
-    b = bytearray(xfrm.SIZEOF_USERSA_INFO)
+    b = bytearray(224)          # struct xfrm_usersa_info, offsets from linux/xfrm.h (LP64)
     b[56:56 + len(ipaddress.ip_address(dst).packed)] = ipaddress.ip_address(dst).packed
     struct.pack_into("!I", b, 72, spi)
     b[76] = proto
@@ -391,7 +390,7 @@ def test_parse_ipv6_sa():
 
 
 def test_delsa_event_carries_if_id():
-    sa_id = bytearray(xfrm.SIZEOF_USERSA_ID)
+    sa_id = bytearray(24)       # struct xfrm_usersa_id
     sa_id[0:4] = ipaddress.ip_address("100.64.2.2").packed
     struct.pack_into("!I", sa_id, 16, 0x1234)
     struct.pack_into("=H", sa_id, 20, socket.AF_INET)
@@ -431,13 +430,47 @@ def test_counters_by_if_id_split_tx_rx():
     assert xfrm.outbound_if_ids(sas, None) == {1}
 
 
-def test_parse_ip_link_json():
-    text = json.dumps([
-        {"ifname": "ipsec1", "linkinfo": {"info_kind": "xfrm", "info_data": {"link": "u-p1", "if_id": 1}}},
-        {"ifname": "ipsec2", "linkinfo": {"info_kind": "xfrm", "info_data": {"if_id": "0x2"}}},
-        {"ifname": "eth0"},
-    ])
-    assert xfrm.parse_ip_link_json(text) == {"ipsec1": 1, "ipsec2": 2}
+def link_message(name: str, kind: str | None = None, if_id: int | None = None):
+    """An rtnetlink link message as the kernel sends it, decoded by pyroute2."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    attrs: list = [("IFLA_IFNAME", name)]
+    if kind:
+        info: list = [("IFLA_INFO_KIND", kind)]
+        if if_id is not None:
+            info.append(("IFLA_INFO_DATA", {"attrs": [("IFLA_XFRM_IF_ID", if_id)]}))
+        attrs.append(("IFLA_LINKINFO", {"attrs": info}))
+    msg = ifinfmsg()
+    msg["attrs"] = attrs
+    msg.encode()
+    parsed = ifinfmsg(bytes(msg.data))
+    parsed.decode()
+    return parsed
+
+
+def test_xfrm_if_ids_from_link_messages():
+    links = [link_message("ipsec1", "xfrm", 1), link_message("ipsec2", "xfrm", 2),
+             link_message("ipsec0", "xfrm", 0),          # if_id 0: no SA can match it
+             link_message("eth0"), link_message("ifb0", "ifb")]
+    assert xfrm.xfrm_if_ids(links) == {"ipsec1": 1, "ipsec2": 2}
+
+
+def test_declared_structures_have_the_kernels_layout():
+    """linux/xfrm.h on LP64: the sizes and the offsets the kernel uses."""
+    assert (xfrm.SIZEOF_USERSA_INFO, xfrm.SIZEOF_USERSA_ID, xfrm.SIZEOF_USER_EXPIRE) == (224, 24, 232)
+    info = xfrm.XfrmUsersaInfo
+    assert [getattr(info, f).offset for f in ("id", "saddr", "lft", "curlft", "stats", "seq",
+                                               "reqid", "family", "mode", "flags")] == \
+        [56, 80, 96, 160, 192, 204, 208, 212, 214, 216]
+    assert (xfrm.XfrmId.spi.offset, xfrm.XfrmId.proto.offset) == (16, 20)
+    assert (xfrm.XfrmUsersaId.spi.offset, xfrm.XfrmUsersaId.family.offset) == (16, 20)
+    assert xfrm.XfrmUserExpire.hard.offset == 224
+
+
+def test_truncated_sa_messages_are_refused():
+    with pytest.raises(ValueError, match="xfrm_usersa_info of 100 bytes, expected 224"):
+        xfrm.parse_sa_info(bytes(100))
+    with pytest.raises(ValueError, match="xfrm_usersa_id of 8 bytes, expected 24"):
+        xfrm.parse_event(xfrm.XFRM_MSG_DELSA, bytes(8))
 
 
 class FakeMonitor:
