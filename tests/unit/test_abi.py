@@ -120,3 +120,10 @@ def test_parser_sees_what_the_contract_relies_on():
     assert {"NO_TUNNEL", "RL_NONE", "RV_DROP", "RL_F_INGRESS", "FH_SEED", "MAX_TUNNELS"} <= set(defines)
     assert set(abi.STRUCTS) <= set(structs)
     assert structs["steer_cfg"] == [("nslots", 4), ("mark_mask", 4), ("flow_idle_ns", 8)]
+
+
+def test_a_valid_config_fits_the_classifiers_tunnel_maps():
+    """config.MAX_TUNNELS bounds what a config may declare (tunnel indexes, marks,
+    tables); the classifier's tunnel maps hold abi.MAX_TUNNELS entries."""
+    from steerd import config
+    assert config.MAX_TUNNELS <= abi.MAX_TUNNELS
