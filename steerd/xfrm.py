@@ -268,15 +268,25 @@ def sa_table() -> list[SaInfo]:
             if typ == XFRM_MSG_NEWSA]
 
 
+#: pyroute2's synchronous IPRoute drives an asyncio loop of its own, refuses a
+#: thread where one already runs (the daemon's) and costs several times a query
+#: to open: one IPRoute, opened on first use, lives on one worker thread.
+_RTNL_THREAD = ThreadPoolExecutor(1, thread_name_prefix="steerd-rtnl")
+_RTNL: list[IPRoute] = []
+
+
 def _rtnl(query: Callable[[IPRoute], T]) -> T:
-    """*query* on a fresh IPRoute, in a worker thread the caller waits for.
-    pyroute2's synchronous API drives an asyncio loop of its own and refuses a
-    thread where one already runs (the daemon's)."""
+    """*query* on the shared IPRoute, run on its thread; the caller waits (as for
+    the SA dump). A failed query drops the IPRoute: the next one reopens it."""
     def run() -> T:
-        with IPRoute() as ipr:
-            return query(ipr)
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+        if not _RTNL:
+            _RTNL.append(IPRoute())
+        try:
+            return query(_RTNL[0])
+        except Exception:
+            _RTNL.pop().close()
+            raise
+    return _RTNL_THREAD.submit(run).result()
 
 
 def local_addresses() -> set[str]:
