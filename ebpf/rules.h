@@ -53,6 +53,9 @@
 #endif
 #define RL_CHUNK 0x80000000U
 #define RL_MAX_WANS 16
+#ifndef MAX_SITES                  /* hub mode: one wan -> tunnel row per site */
+#define MAX_SITES 1
+#endif
 #define RL_MAX_INGRESS 256
 #if MAX_RULES < 64 || (MAX_RULES & (MAX_RULES - 1)) != 0
 #error "MAX_RULES must be a power of two >= 64"
@@ -142,7 +145,9 @@ BPF_ARRAY(rl_bm, struct rl_bmtab, 2);                /* [set], then R_BM(id) */
 BPF_ARRAY(rl_words, struct rl_wordtab, 2);           /* [set], then R_W(i) */
 BPF_ARRAY(rl_ubase, struct rl_ubm, 2);               /* [set]: U of every field */
 BPF_ARRAY(rl_rules, struct rl_rule, 2 * MAX_RULES);  /* [set * MAX_RULES + rule] */
-BPF_ARRAY(rl_wan, u32, 2 * RL_MAX_WANS);             /* [set * RL_MAX_WANS + wan id] -> tunnel */
+/* [(set * MAX_SITES + site) * RL_MAX_WANS + wan id] -> tunnel id: a rule's wan
+ * is the tunnel of that role *of the packet's site* */
+BPF_ARRAY(rl_wan, u32, 2 * MAX_SITES * RL_MAX_WANS);
 BPF_PERCPU_ARRAY(rl_hits, u64, 2 * MAX_RULES);       /* [set * MAX_RULES + rule] */
 
 /* The fields' S ids of the packet being matched. In a map value, not on the
@@ -374,16 +379,16 @@ static __always_inline u32 rl_first_match(const struct pkt *p, u32 ifindex, u32 
     return RL_NONE;
 }
 
-static __always_inline u32 rl_wan_tunnel(u32 set, u32 wan)
+static __always_inline u32 rl_wan_tunnel(u32 set, u32 site, u32 wan)
 {
-    u32 idx = set * RL_MAX_WANS + (wan & (RL_MAX_WANS - 1));
+    u32 idx = (set * MAX_SITES + site) * RL_MAX_WANS + (wan & (RL_MAX_WANS - 1));
     u32 *t = rl_wan.lookup(&idx);
     return t ? *t : RL_NONE;
 }
 
 /* The rule decision into *v (every exit of the search writes it). */
-static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, struct rule_verdict *v,
-                                      int count_hits)
+static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, u32 site,
+                                      struct rule_verdict *v, int count_hits)
 {
     u32 zero = 0;
     u32 *act;
@@ -424,7 +429,7 @@ static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, struct r
     }
     v->rule = r;
     v->prio = rule->prio;
-    t = rl_wan_tunnel(set, rule->wan);
+    t = rl_wan_tunnel(set, site, rule->wan);
     if (t != RL_NONE) {
         v->kind = RV_TUNNEL;
         v->tunnel = t;
@@ -435,7 +440,7 @@ static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, struct r
         return;
     }
     if (rule->fb_kind == RL_FB_WAN) {
-        t = rl_wan_tunnel(set, rule->fb_wan);
+        t = rl_wan_tunnel(set, site, rule->fb_wan);
         if (t != RL_NONE) {
             v->kind = RV_TUNNEL;
             v->tunnel = t;
@@ -449,6 +454,7 @@ static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, struct r
 BPF_PERCPU_ARRAY(rl_scratch, struct rule_verdict, 1);
 
 /* The rule decision for one packet; ifindex = the interface it arrived on;
+ * site = the destination's site (0 with one site; < MAX_SITES);
  * count_hits: add the packet to the matched rule's counter (the steering
  * classifier does; a second look at the same packet, e.g. QoS on egress,
  * does not).
@@ -457,8 +463,8 @@ BPF_PERCPU_ARRAY(rl_scratch, struct rule_verdict, 1);
  * verifier, values read from a map are unknown, so the hundreds of exits of
  * the search (one per candidate block) reach the caller's code as one state
  * instead of many. Cost: an inlined per-CPU array lookup and two copies. */
-static __always_inline void rules_eval(const struct pkt *p, u32 ifindex, struct rule_verdict *v,
-                                       int count_hits)
+static __always_inline void rules_eval(const struct pkt *p, u32 ifindex, u32 site,
+                                       struct rule_verdict *v, int count_hits)
 {
     u32 zero = 0;
     struct rule_verdict *out = rl_scratch.lookup(&zero);
@@ -471,14 +477,15 @@ static __always_inline void rules_eval(const struct pkt *p, u32 ifindex, struct 
         v->prio = 0;
         return;
     }
-    rl_decide(p, ifindex, out, count_hits);
+    rl_decide(p, ifindex, site, out, count_hits);
     *v = *out;
 }
 
 /* The steering classifier's call: decide and count the hit. */
-static __always_inline void rules_decide(const struct pkt *p, u32 ifindex, struct rule_verdict *v)
+static __always_inline void rules_decide(const struct pkt *p, u32 ifindex, u32 site,
+                                         struct rule_verdict *v)
 {
-    rules_eval(p, ifindex, v, 1);
+    rules_eval(p, ifindex, site, v, 1);
 }
 
 #endif

@@ -3,16 +3,23 @@
  * and sets the firewall mark that the tunnel's `ip rule` routes on.
  *
  * Decision order:
- *   1. destination outside the network ranges  -> untouched (TC_ACT_OK)
+ *   1. destination -> site in one LPM lookup (hub mode: every site's ranges in
+ *      one trie whose value is the site id); outside all ranges -> untouched
  *   2. network rules (rules.h, evaluated per packet so a rule change or a
  *      pinned tunnel going down takes effect on the next packet)
  *   3. flow affinity: a live flow keeps the tunnel it started on while that
  *      tunnel is up and its slot was not reassigned (slot version unchanged)
  *   4. slot table: hash(5-tuple) -> slot -> tunnel, filled by the daemon in
- *      proportion to the weights
+ *      proportion to the weights; one table of nslots per site, all in one
+ *      array at site * nslots, so the cost is the same for 1 or 1,000 sites
  *
- * The loader passes: MAX_SLOTS, MAX_TUNNELS, FLOW_TABLE_SIZE, PIN_DIR (bpffs
- * directory for pinned maps, so a restarted daemon adopts the live state).
+ * Tunnel ids are site * 6 + the tunnel's position in its site; the mark says
+ * the position only (policy routing has one table per position holding every
+ * site's ranges via that site's tunnel), so `ip rule`s do not grow with sites.
+ *
+ * The loader passes: MAX_SLOTS (per site), MAX_SITES, MAX_TUNNELS (ids),
+ * MAX_RANGES, FLOW_TABLE_SIZE, PIN_DIR (bpffs directory for pinned maps, so a
+ * restarted daemon adopts the live state).
  */
 #include "pkt.h"
 
@@ -67,11 +74,12 @@ struct flow_val {
 
 BPF_TABLE_PINNED("array", u32, struct steer_cfg, steer_cfg, 1, PIN(steer_cfg));
 BPF_TABLE_PINNED("array", u32, struct tunnel_info, tunnels, MAX_TUNNELS, PIN(tunnels));
-BPF_TABLE_PINNED("array", u32, struct slot, slots, MAX_SLOTS, PIN(slots));
+BPF_TABLE_PINNED("array", u32, struct slot, slots, MAX_SLOTS * MAX_SITES, PIN(slots));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, tstats, MAX_TUNNELS, PIN(tstats));
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_val, flows, FLOW_TABLE_SIZE, PIN(flows));
-BPF_TABLE_PINNED("lpm_trie", struct lpm4, u8, ranges4, 1024, PIN(ranges4), BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("lpm_trie", struct lpm6, u8, ranges6, 1024, PIN(ranges6), BPF_F_NO_PREALLOC);
+/* destination -> site id (the site's row in slots and rl_wan) */
+BPF_TABLE_PINNED("lpm_trie", struct lpm4, u32, dst_site4, MAX_RANGES, PIN(dst_site4), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm6, u32, dst_site6, MAX_RANGES, PIN(dst_site6), BPF_F_NO_PREALLOC);
 /* 0: not steered (outside ranges), 1: unparsed/no tunnel, 2: dropped by rule */
 BPF_TABLE_PINNED("percpu_array", u32, u64, misc, 4, PIN(misc));
 
@@ -93,15 +101,21 @@ static __always_inline void bump_misc(u32 i)
         (*c)++;
 }
 
-static __always_inline int steered(const struct pkt *p)
+#define NO_SITE 0xffffffff
+
+/* The site whose ranges hold the destination, or NO_SITE (not steered). */
+static __always_inline u32 dst_site(const struct pkt *p)
 {
+    u32 *site;
     if (p->family == 4) {
         struct lpm4 k = { .prefixlen = 32, .addr = p->dst[0] };
-        return ranges4.lookup(&k) != NULL;
+        site = dst_site4.lookup(&k);
+    } else {
+        struct lpm6 k6 = { .prefixlen = 128 };
+        __builtin_memcpy(k6.addr, p->dst, 16);
+        site = dst_site6.lookup(&k6);
     }
-    struct lpm6 k6 = { .prefixlen = 128 };
-    __builtin_memcpy(k6.addr, p->dst, 16);
-    return ranges6.lookup(&k6) != NULL;
+    return site && *site < MAX_SITES ? *site : NO_SITE;
 }
 
 static __always_inline int tunnel_up(u32 t)
@@ -112,12 +126,12 @@ static __always_inline int tunnel_up(u32 t)
 
 /* Slot lookup; if the slot's tunnel is down (the daemon has not reprogrammed
  * yet) probe a few neighbouring slots so the flow still leaves on a live one. */
-static __always_inline struct slot *pick_slot(u32 h, u32 nslots, u32 *idx)
+static __always_inline struct slot *pick_slot(u32 h, u32 nslots, u32 base, u32 *idx)
 {
     struct slot *first = NULL;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        u32 s = (h + i * 0x9e3779b1u) & (nslots - 1);
+        u32 s = base + ((h + i * 0x9e3779b1u) & (nslots - 1));
         struct slot *sl = slots.lookup(&s);
         if (!sl)
             return first;
@@ -133,7 +147,7 @@ static __always_inline struct slot *pick_slot(u32 h, u32 nslots, u32 *idx)
     return first;
 }
 
-static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *cfg)
+static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *cfg, u32 site)
 {
     struct flow_key fk = {};
     u64 now = bpf_ktime_get_ns();
@@ -143,7 +157,7 @@ static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *c
 
     u32 h = flow_hash(p);
     u32 sidx = 0;
-    struct slot *sl = pick_slot(h, nslots, &sidx);
+    struct slot *sl = pick_slot(h, nslots, site * nslots, &sidx);
     if (!sl)
         return NO_TUNNEL;
 
@@ -174,7 +188,8 @@ int steer(struct __sk_buff *skb)
 
     if (parse_pkt(skb, &p) < 0)
         return TC_ACT_OK;
-    if (!steered(&p)) {
+    u32 site = dst_site(&p);
+    if (site == NO_SITE) {
         bump_misc(0);
         return TC_ACT_OK;
     }
@@ -189,7 +204,7 @@ int steer(struct __sk_buff *skb)
     u32 t = NO_TUNNEL;
 #ifdef WITH_RULES
     struct rule_verdict v = {};
-    rules_decide(pm, skb->ingress_ifindex, &v);
+    rules_decide(pm, skb->ingress_ifindex, site, &v);
     if (v.kind == RV_DROP) {
         bump_misc(2);
         return TC_ACT_SHOT;
@@ -198,7 +213,7 @@ int steer(struct __sk_buff *skb)
         t = v.tunnel;
 #endif
     if (t == NO_TUNNEL)
-        t = spread(pm, cfg);
+        t = spread(pm, cfg, site);
 
     struct tunnel_info *ti = tunnels.lookup(&t);
     if (!ti || ti->mark == 0) {
@@ -232,9 +247,10 @@ int qos_classify(struct __sk_buff *skb)
     if (parse_pkt_net(skb, &p) < 0)
         return TC_ACT_UNSPEC;            /* not IP: HTB's default class */
 #ifdef WITH_RULES
-    if (steered(&p)) {
+    u32 site = dst_site(&p);
+    if (site != NO_SITE) {
         struct rule_verdict v = {};
-        rules_eval(&p, skb->ingress_ifindex, &v, 0);
+        rules_eval(&p, skb->ingress_ifindex, site, &v, 0);
         prio = v.prio & 0xff;
     }
 #endif

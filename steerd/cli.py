@@ -71,7 +71,28 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def render_sites(st: dict[str, Any]) -> str:
+    """Hub mode: one line per site, sites needing attention first (on their
+    secondaries, or with a tunnel down), so 1,000 sites stay readable."""
+    sites = st["sites"]
+    total = sum(len(s["tunnels"]) for s in sites)
+    up = sum(s["up"] for s in sites)
+    failed_over = sum(s["active_ha_role"] != "primary" for s in sites)
+    head = (f"{len(sites)} sites: {len(sites) - failed_over} on primary, {failed_over} on secondary"
+            f"   tunnels: {up}/{total} up   rules: {st.get('rules', 0)}")
+
+    def attention(s: dict[str, Any]) -> tuple:
+        return (s["active_ha_role"] == "primary", s["up"] == len(s["tunnels"]), s["site"])
+    rows = [[s["site"], s["active_ha_role"], f"{s['up']}/{len(s['tunnels'])}",
+             str(s["primaries_up"]), str(s["degraded"])] for s in sorted(sites, key=attention)]
+    return (head + "\n" + table(["SITE", "ACTIVE", "UP", "PRIMARIES UP", "DEGRADED"], rows,
+                                right={2, 3, 4})
+            + "\n(steerctl status --site NAME shows a site's tunnels)")
+
+
 def render_status(st: dict[str, Any], bars: bool = False) -> str:
+    if "site" not in st:
+        return render_sites(st)
     head = f"site {st['site']}   active HA role: {st['active_ha_role']}   rules: {st.get('rules', 0)}"
     headers = ["TUNNEL", "ROLE", "WAN", "IFACE", "STATE", "RTT", "JITTER", "LOSS", "MOS", "WEIGHT",
                "SHARE", "FLOWS", "TX PKTS", "TX BYTES"]
@@ -100,11 +121,15 @@ def main(ctx: click.Context, sock: str) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--watch", is_flag=True, help="refresh in place every second")
+@click.option("--site", default=None, help="hub mode: only this site (default: a per-site summary)")
 @click.pass_obj
-def status(sock: str, as_json: bool, watch: bool) -> None:
-    """Tunnels, their health, weights and traffic."""
+def status(sock: str, as_json: bool, watch: bool, site: str | None) -> None:
+    """Tunnels, their health, weights and traffic (hub mode: a line per site)."""
+    req: dict[str, Any] = {"cmd": "status"}
+    if site is not None:
+        req["site"] = site
     while True:
-        st = request(sock, {"cmd": "status"})["status"]
+        st = request(sock, req)["status"]
         if as_json:
             click.echo(json.dumps(st, indent=2))
         elif watch:
@@ -218,7 +243,12 @@ def config_check(path: str, as_json: bool) -> None:
             click.echo(f"{path}: {len(exc.problems)} problem(s)\n{exc}", err=True)
         sys.exit(2)
     if as_json:
-        click.echo(json.dumps({"valid": True, "site": cfg.site, "tunnels": len(cfg.tunnels)}))
+        doc = {"valid": True, "site": cfg.site, "tunnels": len(cfg.tunnels)}
+        if cfg.hub:
+            doc["sites"] = [s.name for s in cfg.sites]
+        click.echo(json.dumps(doc))
+    elif cfg.hub:
+        click.echo(f"{path}: valid ({len(cfg.sites)} sites, {len(cfg.tunnels)} tunnels)")
     else:
         click.echo(f"{path}: valid (site {cfg.site}, {len(cfg.tunnels)} tunnels)")
 

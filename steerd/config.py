@@ -17,7 +17,7 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
                        ip_address, ip_network)
 from typing import Any, Callable
@@ -34,9 +34,16 @@ Network = IPv4Network | IPv6Network
 
 HA_ROLES = ("primary", "secondary")
 MAX_TUNNELS_PER_ROLE = 3
-# Marks and routing tables are sized for the most tunnels a valid config can
+# Marks and routing tables are sized for the most tunnels a valid site can
 # have, so adding a tunnel on reload can never collide with an earlier choice.
+# In hub mode a mark names a tunnel's *position within its site*, so the same
+# 6 marks and tables serve every site.
 MAX_TUNNELS = MAX_TUNNELS_PER_ROLE * len(HA_ROLES)
+# Hub mode: the data path's per-site maps are sized for this many sites unless
+# dataplane.max_sites says otherwise (changing it needs a restart).
+HUB_DEFAULT_MAX_SITES = 1024
+HUB_DEFAULT_SLOTS = 1024
+MAX_SITES = 65536
 FAILBACK_MODES = ("new-flows", "migrate")
 LINK_STATES = ("up", "down")
 DEFAULT_CONFIG_PATH = "/etc/steerd/steerd.yaml"
@@ -95,15 +102,17 @@ class DataplaneConfig:
     flow_table_size: int = 65536
     flow_idle_timeout: float = 60.0   # seconds
     bpffs: str = "/sys/fs/bpf/steerd"
+    max_sites: int = 1                # capacity of the per-site maps (hub mode)
 
     def mark_of(self, index: int) -> int:
-        """fwmark of tunnel *index* (0-based, config order): (index+1) in the mask's bits."""
+        """fwmark of the tunnel at *index* within its site (0-based, config order):
+        (index+1) in the mask's bits. One site: the index in the tunnel list."""
         if not 0 <= index < MAX_TUNNELS:
             raise IndexError(f"tunnel index {index} outside 0..{MAX_TUNNELS - 1}")
         return (index + 1) << _lowest_bit(self.mark_mask)
 
     def table_of(self, index: int) -> int:
-        """Routing table of tunnel *index* (0-based, config order)."""
+        """Routing table of the tunnel at *index* within its site (0-based)."""
         if not 0 <= index < MAX_TUNNELS:
             raise IndexError(f"tunnel index {index} outside 0..{MAX_TUNNELS - 1}")
         return self.table_base + index + 1
@@ -117,6 +126,29 @@ class Hook:
     run: str                # absolute path of an executable
     timeout: float = 5.0    # seconds; killed after it
     line: int = 0           # where it is in the config, for messages
+
+
+@dataclass(frozen=True)
+class Site:
+    """One remote site: its ranges, its tunnels (at most 3 per HA role) and its
+    failback hold. The single-site config form is exactly one of these."""
+
+    name: str
+    network_ranges: tuple[tuple[str, Network], ...]
+    tunnels: tuple[Tunnel, ...]
+    failback_hold: float = 30.0
+    line: int = 0
+
+    @property
+    def ranges(self) -> list[Network]:
+        """Prefixes steered toward the site; none configured = route-based VPN (all)."""
+        if not self.network_ranges:
+            return [IPv4Network("0.0.0.0/0"), IPv6Network("::/0")]
+        return [net for _, net in self.network_ranges]
+
+    @property
+    def wans(self) -> set[str]:
+        return {t.wan for t in self.tunnels}
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,47 @@ class SiteConfig:
     # Validated elsewhere (IPsec is another module's concern); plain data. A dict
     # is unhashable, so it stays out of the frozen dataclass's hash.
     ipsec: dict | None = field(default=None, hash=False)
+    # Hub mode (config form B): the sites; `tunnels` and `network_ranges` above
+    # are then every site's, in order. The single-site form is one site made
+    # of the top-level keys (derived here, so both forms read alike).
+    sites: tuple[Site, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            object.__setattr__(self, "sites", (Site(self.site, self.network_ranges, self.tunnels,
+                                                    self.failback_hold),))
+        # tunnel index (position in `tunnels`) -> (site index, position within the site)
+        where = tuple((si, pos) for si, st in enumerate(self.sites) for pos in range(len(st.tunnels)))
+        object.__setattr__(self, "_where", where)
+
+    @property
+    def hub(self) -> bool:
+        """More than one site: status, metrics and events name the site."""
+        return len(self.sites) > 1
+
+    def site_of(self, index: int) -> int:
+        """Site index of tunnel *index* (its position in `tunnels`)."""
+        return self._where[index][0]
+
+    def position_of(self, index: int) -> int:
+        """Position of tunnel *index* within its site: its mark and routing table."""
+        return self._where[index][1]
+
+    @property
+    def site_wans(self) -> dict[str, frozenset[str]]:
+        """Site name -> its wan roles (rules limited with `site:` are checked against it)."""
+        return {st.name: frozenset(st.wans) for st in self.sites}
+
+    @property
+    def site_ranges(self) -> dict[str, list[Network]]:
+        """Site name -> its steered prefixes (a site-limited rule's dst is cut to them)."""
+        return {st.name: st.ranges for st in self.sites}
+
+    def site_index(self, name: str) -> int:
+        for i, st in enumerate(self.sites):
+            if st.name == name:
+                return i
+        raise KeyError(name)
 
     @property
     def ranges(self) -> list[Network]:
@@ -569,6 +642,7 @@ _DATAPLANE = {
     "flow_table_size": _Field(_integer(1024, 4194304)),
     "flow_idle_timeout": _Field(_duration(1.0, 86400.0)),
     "bpffs": _Field(_abspath),
+    "max_sites": _Field(_integer(1, MAX_SITES)),
 }
 
 _METRICS = {"listen": _Field(_listen, attr="metrics_listen")}
@@ -671,6 +745,7 @@ _TUNNEL = {
 
 
 def _tunnels(ck: _Checker, node: Node, key: str) -> Any:
+    """A site's tunnels: unique within the list, at most 3 per HA role."""
     if node.tag != "seq" or not node.value:
         return ck.fail(node, key, node.plain(),
                        f"a list of 1 to {MAX_TUNNELS} tunnels (mappings with keys "
@@ -832,8 +907,119 @@ def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
 _FLATTENED = ("metrics", "events", "qos")
 
 
-_TOP = {
+_SITE = {
     "site": _Field(_name, required=True),
+    "network_ranges": _Field(_network_ranges),
+    "failback_hold": _Field(_duration(0.0, 3600.0)),
+    "tunnels": _Field(_tunnels, required=True),
+}
+
+
+def _sites(ck: _Checker, node: Node, key: str) -> Any:
+    """Hub mode: a list of sites, each checked like the single-site form, then
+    across sites (names, tunnel names and interfaces, ranges)."""
+    if node.tag != "seq" or not node.value:
+        return ck.fail(node, key, node.plain(),
+                       f"a non-empty list of sites (mappings with keys {', '.join(_SITE)})")
+    checked = [(i, item, _section(ck, item, f"{key}[{i}]", _SITE))
+               for i, item in enumerate(node.value)]
+    checked = [(i, item, v) for i, item, v in checked if v is not None]
+    _check_sites_unique(ck, key, checked)
+    _check_ranges_disjoint(ck, key, checked)
+    if len(checked) != len(node.value) or any(_BAD in v.values() for _, _, v in checked):
+        return _BAD
+    return tuple(Site(v["site"], v.get("network_ranges", ()), v["tunnels"],
+                      v.get("failback_hold", _BAD), line=item.line)
+                 for _, item, v in checked)
+
+
+def _site_label(key: str, i: int, values: dict[str, Any]) -> str:
+    name = values.get("site", _BAD)
+    return f"site {name!r} ({key}[{i}])" if name is not _BAD else f"{key}[{i}]"
+
+
+def _check_sites_unique(ck: _Checker, key: str, checked: Checked) -> None:
+    """Site names are unique; tunnel names and interfaces are unique on the
+    gateway (one netdev, one name space for status, metrics and events)."""
+    seen: dict[Any, tuple[str, int]] = {}
+    for i, item, values in checked:
+        name = values.get("site", _BAD)
+        if name is _BAD:
+            continue
+        node = item.value["site"]
+        first = seen.setdefault(name, (f"{key}[{i}]", _line(node)))
+        if first[0] != f"{key}[{i}]":
+            ck.fail(node, f"{key}[{i}].site", name,
+                    f"a unique site name ({first[0]} at line {first[1]} already uses it)")
+    for attr in ("name", "interface"):
+        owner: dict[Any, tuple[str, str, int]] = {}
+        for i, item, values in checked:
+            tunnels_node = item.value.get("tunnels")
+            if tunnels_node is None or tunnels_node.tag != "seq":
+                continue
+            here = _site_label(key, i, values)
+            for j, tnode in enumerate(tunnels_node.value):
+                vnode = tnode.value.get(attr) if tnode.tag == "map" else None
+                if vnode is None or vnode.tag != "scalar" or not isinstance(vnode.value, str):
+                    continue
+                sub = f"{key}[{i}].tunnels[{j}].{attr}"
+                prev = owner.setdefault(vnode.value, (here, sub, _line(vnode)))
+                if prev[0] != here:
+                    ck.fail(vnode, sub, vnode.value,
+                            f"a tunnel {attr} unique on the gateway ({prev[0]} uses it at "
+                            f"line {prev[2]}: {prev[1]}; this is {here})")
+
+
+def _range_items(node: Node, key: str) -> list[tuple[str, Node]]:
+    """(dotted key, node) of each prefix of a network_ranges mapping, file order."""
+    if node.tag != "map":
+        return []
+    out = []
+    for label, value in node.value.items():
+        sub = f"{key}.{label}"
+        out.extend([(f"{sub}[{i}]", n) for i, n in enumerate(value.value)]
+                   if value.tag == "seq" else [(sub, value)])
+    return out
+
+
+def _check_ranges_disjoint(ck: _Checker, key: str, checked: Checked) -> None:
+    """A destination belongs to one site: no two sites' ranges overlap, and a
+    site without ranges (route-based: every destination) is the only site.
+
+    Prefixes are nested or disjoint, so one sweep in address order finds every
+    overlap (n log n: 1,000 sites' ranges check in milliseconds): the stack
+    holds the prefixes that contain the current one."""
+    entries = []
+    for i, item, values in checked:
+        ranges, rnode = values.get("network_ranges", ()), item.value.get("network_ranges")
+        here = _site_label(key, i, values)
+        if ranges == () and len(checked) > 1:
+            others = [(_site_label(key, j, v), it.line) for j, it, v in checked if j != i]
+            ck.fail(rnode or item, f"{key}[{i}].network_ranges", None,
+                    f"network ranges for every site of a hub: {here} has none, which makes it "
+                    f"route-based (every destination), so it must be the only site "
+                    f"({others[0][0]} at line {others[0][1]} is another)")
+            continue
+        if ranges is _BAD or rnode is None:
+            continue
+        for (sub, n), (_, net) in zip(_range_items(rnode, f"{key}[{i}].network_ranges"), ranges):
+            entries.append((net.version, int(net.network_address), net.prefixlen,
+                            int(net.broadcast_address), here, sub, n, net))
+    entries.sort(key=lambda e: e[:3])
+    stack: list[tuple] = []
+    for e in entries:
+        while stack and (stack[-1][0] != e[0] or stack[-1][3] < e[1]):
+            stack.pop()
+        other = next((o for o in reversed(stack) if o[4] != e[4]), None)
+        if other is not None:
+            ck.fail(e[6], e[5], str(e[7]),
+                    f"a range no other site's overlaps: {e[4]}'s {e[7]} overlaps {other[4]}'s "
+                    f"{other[7]} at line {_line(other[6])} ({other[5]})")
+        stack.append(e)
+
+
+_TOP = {
+    "site": _Field(_name),
     "ingress": _Field(_ingress, required=True),
     "network_ranges": _Field(_network_ranges),
     "probe": _Field(_sub(_PROBE, ProbeConfig)),
@@ -849,7 +1035,8 @@ _TOP = {
     "rules_file": _Field(_file_path),
     "events": _Field(_sub(_EVENTS)),
     "qos": _Field(_sub(_QOS)),
-    "tunnels": _Field(_tunnels, required=True),
+    "tunnels": _Field(_tunnels),
+    "sites": _Field(_sites),
     "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
     "ipsec": _Field(_ipsec),
     "hooks": _Field(_hooks),
@@ -862,14 +1049,65 @@ def _check_ingress_vs_tunnels(ck: _Checker, root: Node, values: dict[str, Any]) 
     ingress, tunnels = values.get("ingress"), values.get("tunnels")
     if not isinstance(ingress, tuple) or not isinstance(tunnels, tuple):
         return
-    by_if = {t.interface: i for i, t in enumerate(tunnels)}
+    sites = values.get("sites")
+    if isinstance(sites, tuple) and "sites" in root.value:
+        keys = [f"sites[{i}].tunnels[{j}]" for i, st in enumerate(sites) for j in range(len(st.tunnels))]
+    else:
+        keys = [f"tunnels[{i}]" for i in range(len(tunnels))]
+    by_if = {t.interface: k for k, t in zip(keys, tunnels)}
     inode = root.value["ingress"]
     items = inode.value if inode.tag == "seq" else [inode]
     for j, name in enumerate(ingress):
         if name in by_if:
             sub = f"ingress[{j}]" if inode.tag == "seq" else "ingress"
             ck.fail(items[j], sub, name,
-                    f"an interface that is not a tunnel (tunnels[{by_if[name]}].interface)")
+                    f"an interface that is not a tunnel ({by_if[name]}.interface)")
+
+
+_SITE_KEYS = ("site", "network_ranges", "tunnels")
+
+
+def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
+    """Single-site form (site, network_ranges, tunnels at the top) or hub form
+    (sites:); never both. The hub form's top-level view is every site's."""
+    if "sites" not in root.value:
+        for name in ("site", "tunnels"):
+            if name not in root.value:
+                ck.fail(root, name, None, f"required key '{name}' (missing), or a sites: list "
+                                          f"(hub form)")
+                values[name] = _BAD
+        values.setdefault("network_ranges", ())
+        return
+    for name in _SITE_KEYS:
+        if name in root.value:
+            ck.fail(root.value[name], name, root.value[name].plain(),
+                    f"no top-level {name} beside sites: (hub form): move it into a site")
+    sites = values.get("sites")
+    dp = values.get("dataplane")
+    dp_node = root.value.get("dataplane")
+    given = dp_node.value if dp_node is not None and dp_node.tag == "map" else {}
+    if isinstance(dp, DataplaneConfig):
+        defaults = {"max_sites": HUB_DEFAULT_MAX_SITES, "slots": HUB_DEFAULT_SLOTS}
+        dp = replace(dp, **{k: v for k, v in defaults.items() if k not in given})
+        values["dataplane"] = dp
+    elif "dataplane" not in root.value:
+        dp = values["dataplane"] = DataplaneConfig(max_sites=HUB_DEFAULT_MAX_SITES,
+                                                   slots=HUB_DEFAULT_SLOTS)
+    if not isinstance(sites, tuple):
+        values.update(site=_BAD, tunnels=_BAD, network_ranges=_BAD)
+        return
+    if isinstance(dp, DataplaneConfig) and len(sites) > dp.max_sites:
+        node = given.get("max_sites", root.value["sites"])
+        ck.fail(node, "dataplane.max_sites" if "max_sites" in given else "sites", len(sites),
+                f"at most dataplane.max_sites ({dp.max_sites}) sites; raise max_sites "
+                f"(sizes the data path's per-site maps)")
+    hold = values.get("failback_hold", 30.0)
+    sites = tuple(st if st.failback_hold is not _BAD else replace(st, failback_hold=hold)
+                  for st in sites)
+    values["sites"] = sites
+    values["site"] = sites[0].name if len(sites) == 1 else ""
+    values["tunnels"] = tuple(t for st in sites for t in st.tunnels)
+    values["network_ranges"] = tuple(r for st in sites for r in st.network_ranges)
 
 
 # ---------------------------------------------------------------------- entry
@@ -882,6 +1120,7 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
         ck.fail(root, "<root>", root.plain(), f"a mapping with keys {', '.join(_TOP)}")
         raise ValidationError(ck.problems)
     values = _section(ck, root, "", _TOP) or {}
+    _resolve_form(ck, root, values)
     if "ipsec" in root.value and isinstance(values.get("ipsec"), dict):
         from .ipsec import validate_ipsec  # its problems join the rest of the file's
         names = [t.name for t in values["tunnels"]] if isinstance(values.get("tunnels"), tuple) else None
@@ -889,7 +1128,6 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     _check_ingress_vs_tunnels(ck, root, values)
     for name in _FLATTENED:
         values.update(values.pop(name, {}))
-    values.setdefault("network_ranges", ())
     values.setdefault("probe", ProbeConfig())
     values.setdefault("health", HealthConfig())
     if ck.problems or any(v is _BAD for v in values.values()):

@@ -1,6 +1,6 @@
 """The control socket used by steerctl: one JSON request line, JSON reply line(s).
 
-    {"cmd": "status"}                          -> {"ok": true, "status": {...}}
+    {"cmd": "status", "site": name?}           -> {"ok": true, "status": {...}}
     {"cmd": "events", "since": 0, "follow": b} -> {"ok": true, "events": [...]} then one line per event
     {"cmd": "rules_list"} / {"cmd": "rules_apply", "text": ..., "path": ..., "dry_run": b} / {"cmd": "reload"}
 
@@ -227,8 +227,11 @@ async def _client(daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
     if cmd == "status":
+        site = req.get("site")
+        if site is not None and site not in {s.name for s in daemon.cfg.sites}:
+            return {"ok": False, "error": f"no site {site!r} (steerctl status lists them)"}
         await daemon.refresh_flow_counts()
-        return {"ok": True, "status": status.build(daemon)}
+        return {"ok": True, "status": status.build(daemon, site)}
     if cmd == "events":
         since = float(req.get("since") or 0)
         return {"ok": True, "events": [e.as_dict() for e in daemon.events.since(since)]}

@@ -2,15 +2,20 @@
 
 No sockets, no kernel, no clock: the daemon passes `now` and applies the
 returned `Programming` to the dataplane (faucet-style: decide here, send there).
+
+`Controller` decides for one site (its tunnels by their index in the site);
+`Hub` holds one per site and speaks the data path's tunnel ids (site id x 6 +
+position in the site), so each site has its own weights, slot table, HA role
+and failback hold, and one site's events never reprogram another.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from . import selection
 from .abi import NO_TUNNEL
-from .config import SiteConfig
+from .config import MAX_TUNNELS, SiteConfig
 
 
 
@@ -21,6 +26,7 @@ class Programming:
     keep_flows_of: frozenset[int]          # tunnels whose live flows stay when their slots move
     wan_tunnels: dict[str, int | None]     # rule pinning: wan role -> tunnel in the active role
     reason: str
+    site: int = 0                          # the site's id in the data path (hub mode)
 
 
 @dataclass(frozen=True)
@@ -132,3 +138,179 @@ class Controller:
             if t < n:
                 counts[t] += 1
         return [c / len(self.slots) for c in counts]
+
+
+# --------------------------------------------------------------------------- hub
+
+def site_view(cfg: SiteConfig, i: int) -> SiteConfig:
+    """Site *i* of *cfg* as a single-site config (its tunnels, ranges and hold)."""
+    st = cfg.sites[i]
+    return replace(cfg, site=st.name, network_ranges=st.network_ranges, tunnels=st.tunnels,
+                   failback_hold=st.failback_hold, sites=(st,))
+
+
+class Hub:
+    """One Controller per site. Inputs use the config's tunnel index (position
+    in ``cfg.tunnels``); programming uses data-path tunnel ids
+    ``site_id * MAX_TUNNELS + position`` where *site_ids* (one per config site,
+    stable across reloads: the data path's per-site map rows) are given.
+
+    Only sites that are off their primaries are ticked (a failback hold can
+    only expire there), so a tick costs nothing for healthy sites."""
+
+    def __init__(self, cfg: SiteConfig, now: float, site_ids: Sequence[int] | None = None,
+                 adopted: dict[int, list[int]] | None = None):
+        self.cfg = cfg
+        self.site_ids = list(site_ids) if site_ids is not None else list(range(len(cfg.sites)))
+        self.offsets: list[int] = []
+        n = 0
+        for st in cfg.sites:
+            self.offsets.append(n)
+            n += len(st.tunnels)
+        self.sites = [Controller(site_view(cfg, i), now, self._local(i, (adopted or {}).get(sid)))
+                      for i, sid in enumerate(self.site_ids)]
+        self._ticking = {i for i, c in enumerate(self.sites) if c.ha.active != "primary"}
+        self._index_of_id = {sid: i for i, sid in enumerate(self.site_ids)}
+
+    # -- ids ------------------------------------------------------------------
+    def tunnel_id(self, index: int) -> int:
+        """Data-path id of config tunnel *index*."""
+        return self.site_ids[self.cfg.site_of(index)] * MAX_TUNNELS + self.cfg.position_of(index)
+
+    def _local(self, i: int, slots: list[int] | None) -> list[int] | None:
+        """A site's slot table read from the data path (tunnel ids) -> positions;
+        None unless every slot names one of the site's tunnels."""
+        if not slots:
+            return None
+        base, k = self.site_ids[i] * MAX_TUNNELS, len(self.cfg.sites[i].tunnels)
+        local = [t - base for t in slots]
+        return local if all(0 <= t < k for t in local) else None
+
+    def _global(self, i: int, prog: Programming | None) -> Programming | None:
+        if prog is None:
+            return None
+        base = self.site_ids[i] * MAX_TUNNELS
+        return Programming(
+            prog.usable, None if prog.slots is None else tuple(base + t for t in prog.slots),
+            frozenset(base + t for t in prog.keep_flows_of),
+            {w: None if t is None else base + t for w, t in prog.wan_tunnels.items()},
+            prog.reason, self.site_ids[i])
+
+    def _notes(self, i: int, notes: list[Note]) -> list[Note]:
+        name = self.cfg.sites[i].name
+        return [replace(n, extra={**n.extra, "site": name}) for n in notes]
+
+    def _out(self, i: int, result: tuple[Programming | None, list[Note]]
+             ) -> tuple[Programming | None, list[Note]]:
+        if self.sites[i].ha.active != "primary":
+            self._ticking.add(i)
+        else:
+            self._ticking.discard(i)
+        return self._global(i, result[0]), self._notes(i, result[1])
+
+    # -- inputs ---------------------------------------------------------------
+    def state_of(self, index: int) -> str:
+        return self.sites[self.cfg.site_of(index)].states[self.cfg.position_of(index)]
+
+    def link_state(self, index: int, state: str, now: float
+                   ) -> tuple[Programming | None, list[Note]]:
+        """A tunnel changed state: only its site decides (and reprograms)."""
+        i = self.cfg.site_of(index)
+        return self._out(i, self.sites[i].link_state(self.cfg.position_of(index), state, now))
+
+    def tick(self, now: float) -> list[tuple[Programming | None, list[Note]]]:
+        """Failback holds that may have expired (sites off their primaries only)."""
+        out = []
+        for i in sorted(self._ticking):
+            prog, notes = self._out(i, self.sites[i].tick(now))
+            if prog is not None or notes:
+                out.append((prog, notes))
+        return out
+
+    def rebalance(self, factors: Sequence[float], now: float, force: bool = False,
+                  load: Callable[[], list[int]] | None = None
+                  ) -> list[tuple[Programming | None, list[Note]]]:
+        """Every site reweighed with its tunnels' health factors (config order).
+        *load* gives live flows per data-path slot (site_id x nslots + slot); it
+        is read once, and only if some site's table is to change."""
+        nslots = self.cfg.dataplane.slots
+        cache: list[list[int]] = []
+
+        def site_load(sid: int) -> Callable[[], list[int]]:
+            def read() -> list[int]:
+                if not cache:
+                    cache.append(load())
+                return cache[0][sid * nslots:(sid + 1) * nslots]
+            return read
+        out = []
+        for i, c in enumerate(self.sites):
+            off, k = self.offsets[i], len(self.cfg.sites[i].tunnels)
+            res = c.rebalance(list(factors[off:off + k]), now, force,
+                              site_load(self.site_ids[i]) if load is not None else None)
+            prog, notes = self._out(i, res)
+            if prog is not None or notes:
+                out.append((prog, notes))
+        return out
+
+    def carry_over(self, old: "Hub", now: float) -> list[Note]:
+        """After a reload: each site that existed (by name) keeps its link
+        states, HA state and slot table (remapped by tunnel name); new sites
+        start fresh. Nothing of an unchanged site moves. Returns the HA notes
+        the new tunnel sets cause (per site)."""
+        by_name = {st.name: i for i, st in enumerate(old.cfg.sites)}
+        notes: list[Note] = []
+        for i, st in enumerate(self.cfg.sites):
+            j = by_name.get(st.name)
+            if j is None:
+                continue
+            oc, c = old.sites[j], self.sites[i]
+            old_names = [t.name for t in oc.cfg.tunnels]
+            new_index = {t.name: p for p, t in enumerate(st.tunnels)}
+            gone = len(st.tunnels)  # an index build_slots frees
+            if oc.slots:
+                c.slots = [new_index.get(old_names[t], gone) if t < len(old_names) else gone
+                           for t in oc.slots]
+            notes += self._notes(i, c.carry_over(oc, now))
+        self._ticking = {i for i, c in enumerate(self.sites) if c.ha.active != "primary"}
+        return notes
+
+    def current(self) -> list[Programming]:
+        """Every site's current decisions as complete programmings (a resync)."""
+        out = []
+        for i, c in enumerate(self.sites):
+            prog = Programming(c.usable, tuple(c.slots) if c.slots is not None else None,
+                               frozenset(), c.wan_tunnels(), "current state")
+            out.append(self._global(i, prog))
+        return out
+
+    # -- views ----------------------------------------------------------------
+    def wan_tunnels(self, i: int) -> dict[str, int | None]:
+        """Site *i*'s rule pinning in data-path tunnel ids."""
+        base = self.site_ids[i] * MAX_TUNNELS
+        return {w: None if t is None else base + t for w, t in self.sites[i].wan_tunnels().items()}
+
+    def usable(self, i: int) -> tuple[bool, ...]:
+        return tuple(s != "down" for s in self.sites[i].states)
+
+    @property
+    def states(self) -> list[str]:
+        return [s for c in self.sites for s in c.states]
+
+    @property
+    def weights(self) -> list[float]:
+        """Per tunnel (config order): its weight as a fraction of its site's total."""
+        out = []
+        for c in self.sites:
+            total = sum(c.weights) or 1.0
+            out.extend(w / total for w in c.weights)
+        return out
+
+    def shares(self) -> list[float]:
+        return [x for c in self.sites for x in c.shares()]
+
+    def site_index_of(self, site_id: int) -> int:
+        """Config position of the site with data-path id *site_id*."""
+        return self._index_of_id[site_id]
+
+    def active_role(self, i: int) -> str:
+        return self.sites[i].ha.active

@@ -19,11 +19,12 @@ from collections import deque
 
 from . import control, metrics, sdnotify, silence, staging
 from .config import SiteConfig, load_config
-from .controller import NO_TUNNEL, Controller, Note, Programming
+from .controller import Hub, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
                         record_layout)
 from .events import EventLog
 from .hooks import HookRunner
+from .schedule import WakeQueue
 from .yamlsrc import ValidationError
 
 log = logging.getLogger("steerd")
@@ -45,11 +46,11 @@ class DaemonFailed(RuntimeError):
 class Daemon:
     def __init__(self, cfg: SiteConfig, dataplane: Dataplane | None = None, probing: bool = True):
         self.cfg = cfg
-        self.dp = dataplane or KernelDataplane(Layout.from_config(cfg))
+        self.dp = dataplane or KernelDataplane(Layout.from_config(cfg, _recorded_layout(cfg)))
         self.events = EventLog(cfg.events_keep, cfg.events_file)
         self.hooks = HookRunner(cfg.hooks, self.events)
         self.probing = probing
-        self.controller: Controller | None = None
+        self.controller: Hub | None = None
         self.monitors: list = []
         self.probers: list = []
         self.stop_event = asyncio.Event()
@@ -105,25 +106,36 @@ class Daemon:
             return
         try:
             # usable first: a dead tunnel stops taking flows before slots move
-            self.dp.set_usable(list(prog.usable))
+            self.dp.set_usable(list(prog.usable), prog.site)
             if prog.slots is not None:
-                self.dp.write_slots(list(prog.slots), prog.keep_flows_of)
+                self.dp.write_slots(list(prog.slots), prog.keep_flows_of, prog.site)
             if self.rulemaps is not None:
-                self.rulemaps.set_wan_tunnels(self.wan_table(prog.wan_tunnels))
+                self.rulemaps.set_wan_tunnels(
+                    self.wan_table(self.controller.site_index_of(prog.site), prog.wan_tunnels),
+                    prog.site)
         except Exception as exc:
             self._dirty = True
             self._loop_error("dataplane", exc)
 
     # -- quality rules: decided here, written into the rules' wan table ------------
-    def wan_table(self, wan_tunnels: dict[str, int | None] | None = None) -> dict[str, int | None]:
-        """The data path's wan table: each role's tunnel in the active HA role, plus
-        the quality rules' entries (``Rule.wan_key``) with the plan's decisions."""
-        table = dict(self.controller.wan_tunnels() if wan_tunnels is None else wan_tunnels)
+    def wan_table(self, site: int = 0, wan_tunnels: dict[str, int | None] | None = None,
+                  controller: Hub | None = None) -> dict[str, int | None]:
+        """Site *site*'s row of the data path's wan table (tunnel ids): each role's
+        tunnel in the site's active HA role, plus the quality rules' entries
+        (``Rule.wan_key``) with the plan's decisions for that site."""
+        c = controller or self.controller
+        table = dict(c.wan_tunnels(site) if wan_tunnels is None else wan_tunnels)
         if self.quality is not None:
-            table.update(self.quality.resolved())
+            table.update({k: None if t is None else c.tunnel_id(t)
+                          for k, t in self.quality.resolved(site).items()})
         return table
 
-    def evaluate_quality(self, now: float, controller: Controller | None = None) -> bool:
+    def wan_rows(self, controller: Hub | None = None) -> dict[int, dict[str, int | None]]:
+        """Every site's wan-table row: site id -> wan key -> tunnel id."""
+        c = controller or self.controller
+        return {sid: self.wan_table(i, controller=c) for i, sid in enumerate(c.site_ids)}
+
+    def evaluate_quality(self, now: float, controller: Hub | None = None) -> bool:
         """Feed the measurements to the quality plan and report its SLA events.
         True when a rule's destination changed (the wan table must be rewritten)."""
         c = controller or self.controller
@@ -138,11 +150,15 @@ class Daemon:
             if i < len(self.monitors):
                 st = self.monitors[i].stats()
                 long_loss = long_loss_ratio(*self.monitors[i].recent_loss(LONG_LOSS_SAMPLES))
-            views.append(TunnelView(t.name, t.wan, c.states[i] != "down",
+            views.append(TunnelView(t.name, t.wan, c.state_of(i) != "down",
                                     st if st is not None and st.samples >= need else None,
                                     long_loss))
-        active = {t.wan: i for i, t in enumerate(cfg.tunnels) if t.ha_role == c.ha.active}
-        changed, changes = self.quality.evaluate(views, active, now)
+        changes = self.quality.track(views, now)
+        changed = False
+        for si, site in enumerate(cfg.sites):   # each site decides among its own tunnels
+            role, off = c.active_role(si), c.offsets[si]
+            active = {t.wan: off + k for k, t in enumerate(site.tunnels) if t.ha_role == role}
+            changed |= self.quality.decide(views, active, si)
         for ch in changes:
             self.events.emit(ch.type, ch.reason, ch.tunnel, **{"class": ch.cls}, **ch.measured)
         return changed
@@ -155,12 +171,13 @@ class Daemon:
             self._dirty = True
             return
         try:
-            self.rulemaps.set_wan_tunnels(self.wan_table())
+            for i, sid in enumerate(self.controller.site_ids):
+                self.rulemaps.set_wan_tunnels(self.wan_table(i), sid)
         except Exception as exc:
             self._dirty = True
             self._loop_error("dataplane", exc)
 
-    def _new_quality_plan(self, ruleset, now: float, controller: Controller):
+    def _new_quality_plan(self, ruleset, now: float, controller: Hub):
         """The plan for *ruleset* (trackers of unchanged classes carried over),
         evaluated once; the previous plan is returned so a failed install can restore it."""
         from .sla import QualityPlan
@@ -172,17 +189,21 @@ class Daemon:
         self.evaluate_quality(now, controller)
         return old
 
-    def _current(self) -> Programming:
-        """The controller's current decisions as one complete programming."""
-        c = self.controller
-        return Programming(c.usable, tuple(c.slots) if c.slots is not None else None, frozenset(),
-                           c.wan_tunnels(), "current state")
+    def apply_all(self, results: list[tuple[Programming | None, list[Note]]]) -> None:
+        """Programming and notes of several sites (a tick, a rebalance)."""
+        for prog, notes in results:
+            self.apply(prog, notes)
 
     def _resync(self) -> None:
-        """Program the current state if a write was deferred or failed."""
+        """Program the current state (every site's) if a write was deferred or failed."""
         if self._dirty and not self._dp_job.locked() and self.controller is not None:
             self._dirty = False
-            self._write(self._current())
+            for prog in self.controller.current():
+                self._write(prog)
+
+    def site_of(self, i: int) -> dict[str, str]:
+        """The `site` key events about tunnel *i* carry."""
+        return {"site": self.cfg.sites[self.cfg.site_of(i)].name}
 
     def _loop_error(self, where: str, exc: BaseException) -> None:
         """Count and report an error that a loop survives; the traceback at most every 30 s."""
@@ -209,6 +230,14 @@ class Daemon:
         self.probers = [self._prober(i, t, loop) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
         self.upstream_at = now           # next reading of the data path's traffic counters
+        self._schedule_all()
+
+    def _schedule_all(self) -> None:
+        """Every monitor into a fresh wake queue (at start, and after a reload
+        renumbered them)."""
+        self.wakes = WakeQueue()
+        for i, mon in enumerate(self.monitors):
+            self.wakes.set(i, mon.next_wakeup())
 
     def _prober(self, i: int, t, loop: asyncio.AbstractEventLoop):
         from .probe import Prober
@@ -220,14 +249,15 @@ class Daemon:
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
         try:
             self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
+            self.wakes.set(i, self.monitors[i].next_wakeup())
             # SAs back and the probes never stopped answering: up again at once
             name = self.cfg.tunnels[i].name
-            if name not in self.sa_down and self.controller.states[i] == "down" \
+            if name not in self.sa_down and self.controller.state_of(i) == "down" \
                     and self.monitors[i].state != "down":
                 self.link_changes += 1
                 self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
                 self.events.emit("link_up", "SA installed and probe answered", name,
-                                 old="down", new=self.monitors[i].state)
+                                 old="down", new=self.monitors[i].state, **self.site_of(i))
         except Exception as exc:   # a reader callback: asyncio would only log it
             self._loop_error("probe reply", exc)
 
@@ -273,21 +303,21 @@ class Daemon:
             self.events.emit("sa_installed", reason, name)
             return
         self.sa_down.add(name)
-        if self.controller.states[i] != "down":
+        if self.controller.state_of(i) != "down":
             self.link_changes += 1
-            old = self.controller.states[i]
+            old = self.controller.state_of(i)
             self.apply(*self.controller.link_state(i, "down", now))
-            self.events.emit("link_down", reason, name, old=old, new="down")
+            self.events.emit("link_down", reason, name, old=old, new="down", **self.site_of(i))
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         for tr in transitions:
-            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.states[i] == "down"):
+            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.state_of(i) == "down"):
                 continue  # no SA: probes cannot bring it up, and it is down already
             self.link_changes += 1
             kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[tr.new]
             # decide and program first: the event is the report, not a step of it
             self.apply(*self.controller.link_state(i, tr.new, now))
-            self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new)
+            self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new, **self.site_of(i))
 
     def _read_upstream(self, now: float) -> None:
         """Traffic-driven suspicion: the data path's per-tunnel counters to the
@@ -300,17 +330,21 @@ class Daemon:
         if readings is None:
             self.upstream_at = math.inf
             return
-        for mon, reading in zip(self.monitors, readings):
+        for i, (mon, reading) in enumerate(zip(self.monitors, readings)):
             cause = mon.on_upstream(now, *reading)
             if cause:
                 log.debug("%s suspect: %s", mon.tunnel, cause)
+            self.wakes.set(i, mon.next_wakeup())   # a suspect is probed at once
         watched = any(m.upstream_watched(now) for m in self.monitors)
         self.upstream_at = now + (silence.STEP if watched else silence.IDLE_STEP)
 
     def _probe_once(self, now: float) -> None:
         if now >= self.upstream_at:
             self._read_upstream(now)   # may make a tunnel a suspect: probed just below
-        for i, mon in enumerate(self.monitors):
+        # only the monitors that are due (thousands of tunnels in hub mode: one
+        # tunnel's 15 ms confirmation burst must not cost a walk over all)
+        for i in self.wakes.due(now):
+            mon = self.monitors[i]
             try:
                 due = mon.next_probe_at()
                 if now >= due:
@@ -324,7 +358,8 @@ class Daemon:
                 self._transitions(i, mon.on_tick(now), now)
             except Exception as exc:   # one tunnel's failure must not stop the others'
                 self._loop_error(f"probe {self.cfg.tunnels[i].name}", exc)
-        self.apply(*self.controller.tick(now))
+            self.wakes.set(i, mon.next_wakeup())
+        self.apply_all(self.controller.tick(now))
         # the loop turns every 15 ms while a tunnel is suspect; the statistics change
         # once per probe, and the hold-downs are seconds: 100 ms is fine-grained enough
         if now - self._quality_at >= QUALITY_EVERY:
@@ -355,7 +390,8 @@ class Daemon:
                 self._probe_once(now)
                 # sleep until the next probe or deadline of any tunnel (not a fixed
                 # poll: idle CPU matters on small gateways), at most MAX_SLEEP
-                wake = min([m.next_wakeup() for m in self.monitors] + [wake, self.upstream_at])
+                nxt = self.wakes.next_at()
+                wake = min(wake, self.upstream_at, nxt if nxt is not None else wake)
                 self.heartbeat = now
             except Exception as exc:
                 self._loop_error("probe loop", exc)
@@ -367,8 +403,8 @@ class Daemon:
                 await asyncio.wait_for(self.stop_event.wait(), self.cfg.rebalance_interval)
             except asyncio.TimeoutError:
                 try:
-                    self.apply(*self.controller.rebalance(self.factors(), time.monotonic(),
-                                                          load=self.dp.slot_load))
+                    self.apply_all(self.controller.rebalance(self.factors(), time.monotonic(),
+                                                             load=self.dp.slot_load))
                 except Exception as exc:
                     self._loop_error("rebalance", exc)
 
@@ -445,14 +481,19 @@ class Daemon:
         adopted = await asyncio.to_thread(self.dp.start, self._rules_before_attach)
         self._record_layout()
         now = time.monotonic()
-        self.controller = Controller(self.cfg, now, adopted.tunnel if adopted else None)
+        self.controller = self._hub(self.cfg, now,
+                                    {k: v.tunnel for k, v in adopted.items()} if adopted else None)
         if self.ruleset is not None:
-            self.rulemaps.set_wan_tunnels(self.wan_table())
+            for i, sid in enumerate(self.controller.site_ids):
+                self.rulemaps.set_wan_tunnels(self.wan_table(i), sid)
         await self.apply_qos()
-        prog, notes = self.controller.rebalance(self.factors(), now, force=adopted is None)
-        self.apply(prog or self._current(), notes)
-        self.events.emit("started", "adopted pinned state" if adopted else "fresh start",
-                         site=self.cfg.site)
+        results = self.controller.rebalance(self.factors(), now, force=adopted is None)
+        if adopted:   # usable flags and pins as decided now; the results move nothing more
+            self._dirty = True
+            self._resync()
+        self.apply_all(results)
+        where = {"sites": len(self.cfg.sites)} if self.cfg.hub else {"site": self.cfg.site}
+        self.events.emit("started", "adopted pinned state" if adopted else "fresh start", **where)
         self._control = await control.serve(self, self.cfg.control_socket, self.cfg.control_group,
                                             lock_fd)
         self.metrics_port = metrics.serve(self, self.cfg.metrics_listen)
@@ -508,10 +549,10 @@ class Daemon:
         if ruleset is not None:
             self.rulemaps = self.dp.rule_maps()
             now = time.monotonic()
-            ctl = Controller(self.cfg, now)
+            ctl = self._hub(self.cfg, now)
             self._new_quality_plan(ruleset, now, ctl)
-            wans = {**ctl.wan_tunnels(), **(self.quality.resolved() if self.quality else {})}
-            self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits), wans)
+            self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits),
+                                sites=self.wan_rows(ctl))
             self.ruleset = ruleset
 
     async def apply_qos(self) -> None:
@@ -528,6 +569,15 @@ class Daemon:
             self.events.emit("qos_failed", str(exc))
         self._resync()
 
+    def _hub(self, cfg: SiteConfig, now: float, adopted: dict[int, list[int]] | None = None) -> Hub:
+        """The controller for *cfg*, with the data path's site ids."""
+        return Hub(cfg, now, [s.id for s in self.dp.layout.sites], adopted)
+
+    @staticmethod
+    def _site_wans(hub: Hub) -> dict[int, dict[str, int | None]]:
+        """Rule pinning of every site: site id -> wan -> tunnel id."""
+        return {sid: hub.wan_tunnels(i) for i, sid in enumerate(hub.site_ids)}
+
     def _rule_limits(self):
         """The loaded maps' capacities: what a rule set is compiled (and checked) against."""
         return (self.rulemaps or self.dp.rule_maps()).limits
@@ -539,7 +589,7 @@ class Daemon:
         async with self._dp_job:
             old_plan = self._new_quality_plan(ruleset, time.monotonic(), self.controller)
             try:
-                await asyncio.to_thread(self.rulemaps.apply, compiled, self.wan_table())
+                await asyncio.to_thread(self.rulemaps.apply, compiled, sites=self.wan_rows())
             except BaseException:
                 self.quality = old_plan     # all or nothing: the running rules keep their plan
                 raise
@@ -615,41 +665,44 @@ class Daemon:
             return {"ok": True, "summary": summary}
 
     async def _switch_config(self, cfg: SiteConfig) -> str:
-        """Carry link state, HA state, monitors and the slot table over to *cfg*
-        by tunnel name; touch the kernel only where the layout differs."""
+        """Carry link state, HA state, monitors and slot tables over to *cfg* by
+        site and tunnel name; touch the kernel only where the layout differs.
+        Sites keep their data-path ids, so adding or removing a site moves no
+        flow of another."""
         now = time.monotonic()
         old_cfg, old = self.cfg, self.controller
-        new_index = {t.name: i for i, t in enumerate(cfg.tunnels)}
-        gone = len(cfg.tunnels)  # an index build_slots frees
-        remapped = [new_index.get(old_cfg.tunnels[t].name, gone) if t < len(old_cfg.tunnels) else gone
-                    for t in (old.slots or [])] or None
-        ctl = Controller(cfg, now, remapped)
+        layout = Layout.from_config(cfg, self.dp.layout)
+        ctl = Hub(cfg, now, [s.id for s in layout.sites])
         ha_notes = ctl.carry_over(old, now)
         self._rebuild_probers(old_cfg, cfg, now)
-        layout = Layout.from_config(cfg)
         relayout = layout != self.dp.layout
         self.cfg, self.controller = cfg, ctl
-        self.sa_down &= set(new_index)
-        prog, notes = ctl.rebalance(self.factors(), now, force=True,
-                                    load=None if relayout else self.dp.slot_load)
+        new_names = {t.name for t in cfg.tunnels}
+        self.sa_down &= new_names
+        results = ctl.rebalance(self.factors(), now, force=True,
+                                load=None if relayout else self.dp.slot_load)
         if relayout:
-            slots = list(ctl.slots) if ctl.slots is not None else [NO_TUNNEL] * layout.nslots
             async with self._dp_job:
-                await asyncio.to_thread(self.dp.relayout, layout, slots)
+                await asyncio.to_thread(self.dp.relayout, layout)
             self._record_layout()
             # a link may have changed during the relayout: program what holds now
             self._dirty = True
             self._resync()
-            self.apply(None, ha_notes + notes)
+            self.apply(None, ha_notes + [n for _, notes in results for n in notes])
         else:
-            self.apply(prog, ha_notes + notes)
+            self.apply(None, ha_notes)
+            self.apply_all(results)
         old_ifs = {(t.name, t.interface) for t in old_cfg.tunnels}
         if any((t.name, t.interface) not in old_ifs for t in cfg.tunnels) \
                 or len(cfg.tunnels) != len(old_cfg.tunnels):
             self._restart_xfrm()
-        added = set(new_index) - {t.name for t in old_cfg.tunnels}
-        removed = {t.name for t in old_cfg.tunnels} - set(new_index)
-        return (f"{len(cfg.tunnels)} tunnels (+{len(added)} -{len(removed)}), "
+        old_names = {t.name for t in old_cfg.tunnels}
+        sites = ""
+        if cfg.hub or old_cfg.hub:
+            new_s, old_s = {s.name for s in cfg.sites}, {s.name for s in old_cfg.sites}
+            sites = f"{len(cfg.sites)} sites (+{len(new_s - old_s)} -{len(old_s - new_s)}), "
+        return (f"{sites}{len(cfg.tunnels)} tunnels (+{len(new_names - old_names)} "
+                f"-{len(old_names - new_names)}), "
                 f"data-path layout {'updated' if relayout else 'unchanged'}")
 
     def _restart_xfrm(self) -> None:
@@ -688,6 +741,7 @@ class Daemon:
         # reply callbacks carry the tunnel's position: rebind them to the new order
         for i, p in enumerate(self.probers):
             p.on_reply = lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at)
+        self._schedule_all()
 
 
 def _no_rules(cfg: SiteConfig):
@@ -702,6 +756,23 @@ def _stage_rules_and_diff(text: str, path: str, cfg: SiteConfig, limits, old):
     new, compiled = staging.stage_rules(text, path, cfg, limits)
     d = diff(old, new)
     return new, compiled, (d.as_dict(), d.render(), len(d.added), len(d.removed), len(d.changed))
+
+
+def _raise_fd_limit() -> None:
+    """One probe socket per tunnel: a hub's 3,000 tunnels need more than the
+    default 1,024 descriptors."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _recorded_layout(cfg: SiteConfig) -> Layout | None:
+    """The layout the last run installed (each site keeps its data-path id), if readable."""
+    try:
+        return load_layouts(state_path(cfg))[-1]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def state_path(cfg: SiteConfig) -> str:
@@ -760,14 +831,16 @@ def main(argv: list[str] | None = None) -> None:
         # (the rules are loaded again into the maps before the program attaches)
         from .rules import load_rules
         try:
-            load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
+            load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes,
+                       sites=cfg.site_wans)
         except ValidationError as exc:
             print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in rules file:\n{exc}",
                   file=sys.stderr)
             sys.exit(2)
     if a.cleanup:
-        cleanup(Layout.from_config(cfg), state_path(cfg))
+        cleanup(Layout.from_config(cfg, _recorded_layout(cfg)), state_path(cfg))
         return
+    _raise_fd_limit()
     try:
         asyncio.run(Daemon(cfg, probing=not a.no_probe).run())
     except (DaemonFailed, control.AlreadyRunning) as exc:

@@ -12,7 +12,7 @@ from . import __version__
 from .mos import mos_of_stats
 
 log = logging.getLogger("steerd.metrics")
-LABELS = ["tunnel", "wan", "ha_role"]
+LABELS = ["tunnel", "wan", "ha_role", "site"]
 
 
 class SteerdCollector:
@@ -40,13 +40,14 @@ class SteerdCollector:
             ("probe_sent", "probes sent"),
             ("probe_received", "matching probe replies received"),
         )}
-        total_w = sum(c.weights) or 1.0
+        weights, states = c.weights, c.states      # weights: fractions of their site's total
         shares = c.shares()
+        site_names = [s.name for s in d.cfg.sites]
         for i, t in enumerate(d.cfg.tunnels):
-            lv = [t.name, t.wan, t.ha_role]
-            g["tunnel_up"].add_metric(lv, 0 if c.states[i] == "down" else 1)
-            g["tunnel_degraded"].add_metric(lv, 1 if c.states[i] == "degraded" else 0)
-            g["tunnel_weight"].add_metric(lv, c.weights[i] / total_w)
+            lv = [t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]]
+            g["tunnel_up"].add_metric(lv, 0 if states[i] == "down" else 1)
+            g["tunnel_degraded"].add_metric(lv, 1 if states[i] == "degraded" else 0)
+            g["tunnel_weight"].add_metric(lv, weights[i])
             g["tunnel_share"].add_metric(lv, shares[i])
             if d.monitors:
                 st = d.monitors[i].stats()
@@ -71,9 +72,10 @@ class SteerdCollector:
                               ("esp_tx_packets", "ESP packets sent (kernel SA counters)"),
                               ("esp_rx_packets", "ESP packets received (kernel SA counters)")):
                 m = CounterMetricFamily(f"steerd_tunnel_{name}", doc, labels=LABELS)
-                for t in d.cfg.tunnels:
+                for i, t in enumerate(d.cfg.tunnels):
                     if t.name in esp:
-                        m.add_metric([t.name, t.wan, t.ha_role], getattr(esp[t.name], name[4:]))
+                        m.add_metric([t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]],
+                                     getattr(esp[t.name], name[4:]))
                 ctr[name] = m
         yield from g.values()
         yield from ctr.values()
@@ -82,15 +84,19 @@ class SteerdCollector:
                                     "quality class (after the hold-downs), 0 while out",
                                     labels=LABELS + ["class"])
             by_name = {t.name: t for t in d.cfg.tunnels}
+            site_of = {t.name: site_names[d.cfg.site_of(i)]
+                       for i, t in enumerate(d.cfg.tunnels)}
             for name, cls, ok in d.quality.sla_states():
                 t = by_name.get(name)
                 if t is not None:
-                    sla.add_metric([t.name, t.wan, t.ha_role, cls], 1 if ok else 0)
+                    sla.add_metric([t.name, t.wan, t.ha_role, site_of[t.name], cls], 1 if ok else 0)
             yield sla
-        ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying traffic",
-                               labels=["role"])
-        for role in ("primary", "secondary"):
-            ha.add_metric([role], 1 if c.ha.active == role else 0)
+        ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying the site's traffic",
+                               labels=["role", "site"])
+        for i, name in enumerate(site_names):
+            active = c.active_role(i)
+            for role in ("primary", "secondary"):
+                ha.add_metric([role, name], 1 if active == role else 0)
         yield ha
         for name, value, doc in (
             ("rebalances", d.rebalances, "slot-table reprogrammings"),

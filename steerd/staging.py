@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .config import SiteConfig, load_config
 from .rules import CompiledRules, Limits, RuleSet, compile_rules, load_rules, parse_rules
+from .rules.sites import limit_to_sites
 from .yamlsrc import Problem, ValidationError, gc_paused
 
 log = logging.getLogger("steerd.staging")
@@ -27,6 +28,7 @@ RESTART_ONLY = {
     "dataplane.bpffs": lambda c: c.dataplane.bpffs,
     "dataplane.slots": lambda c: c.dataplane.slots,
     "dataplane.flow_table_size": lambda c: c.dataplane.flow_table_size,
+    "dataplane.max_sites": lambda c: c.dataplane.max_sites,
     "metrics.listen": lambda c: c.metrics_listen,
     "control_socket": lambda c: c.control_socket,
     "control_group": lambda c: c.control_group,
@@ -72,15 +74,18 @@ def rules_of(cfg: SiteConfig) -> RuleSet | None:
     if not os.path.exists(cfg.rules_file):
         raise ValidationError([Problem(cfg.path, 0, "rules_file", cfg.rules_file,
                                        "an existing rules file (or no rules_file key)")])
-    return load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
+    return load_rules(cfg.rules_file, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes,
+                      sites=cfg.site_wans)
 
 
 def compile_for(ruleset: RuleSet, cfg: SiteConfig, limits: Limits) -> CompiledRules:
     """Compile against the data path's capacities (raises ValidationError when over).
     No cyclic GC meanwhile: its full collections over the new objects hold the
-    GIL for 100 ms and more, and the probe loop shares it (gc_paused's reasons)."""
+    GIL for 100 ms and more, and the probe loop shares it (gc_paused's reasons).
+    Hub mode: rules limited with `site:` get their dst cut to those sites' ranges."""
     with gc_paused():
-        compiled = compile_rules(ruleset, ifindexes(cfg.ingress), limits)
+        compiled = compile_rules(limit_to_sites(ruleset, cfg.site_ranges), ifindexes(cfg.ingress),
+                                 limits)
         compiled.layout   # noqa: B018  (the encoded tables: built here, off the loop)
     return compiled
 
@@ -97,5 +102,6 @@ def stage_config(path: str, running: SiteConfig | None, limits: Limits) -> Stage
 
 def stage_rules(text: str, path: str, cfg: SiteConfig, limits: Limits) -> tuple[RuleSet, CompiledRules]:
     """Parse, validate and compile a rules file sent by `steerctl rules apply`."""
-    ruleset = parse_rules(text, path, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes)
+    ruleset = parse_rules(text, path, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes,
+                          sites=cfg.site_wans)
     return ruleset, compile_for(ruleset, cfg, limits)

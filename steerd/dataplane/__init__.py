@@ -12,12 +12,13 @@ import ipaddress
 import logging
 import os
 import time
+from array import array
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from . import qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
-from .program import Classifier, ProgramParams, remove_pins
+from .program import TUNNELS_PER_SITE, Classifier, ProgramParams, remove_pins
 
 log = logging.getLogger("steerd.dataplane")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,16 +26,31 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class TunnelSpec:
-    index: int
+    index: int          # position in the config's tunnel list (all sites)
     name: str
     interface: str
-    mark: int
-    table: int
+    mark: int           # of its position within its site
+    table: int          # of its position within its site
+    site: int = 0       # site id: the site's row in the per-site maps
+    tid: int = -1       # data-path id: site * 6 + position (-1 in layouts of one site: = index)
+
+    def __post_init__(self) -> None:
+        if self.tid < 0:
+            object.__setattr__(self, "tid", self.index)
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    id: int
+    ranges: tuple[Network, ...]
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Everything fixed by the config: what to attach where, marks and tables."""
+    """Everything fixed by the config: what to attach where, marks and tables,
+    and each site's id (its row in the per-site maps; kept across reloads and
+    restarts so that adding or removing a site never renumbers another)."""
 
     ingress: tuple[str, ...]
     ranges: tuple[Network, ...]
@@ -45,26 +61,67 @@ class Layout:
     flow_table_size: int
     flow_idle_timeout: float
     pin_dir: str
+    sites: tuple[SiteSpec, ...] = ()
+    max_sites: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.sites:   # a layout recorded before hub mode: one site, id 0
+            object.__setattr__(self, "sites", (SiteSpec("", 0, self.ranges),))
 
     @classmethod
-    def from_config(cls, cfg) -> "Layout":
+    def from_config(cls, cfg, previous: "Layout | None" = None) -> "Layout":
         dp = cfg.dataplane
-        specs = tuple(TunnelSpec(i, t.name, t.interface, dp.mark_of(i), dp.table_of(i))
+        ids = site_ids(cfg, previous)
+        specs = tuple(TunnelSpec(i, t.name, t.interface, dp.mark_of(cfg.position_of(i)),
+                                 dp.table_of(cfg.position_of(i)), ids[cfg.site_of(i)],
+                                 ids[cfg.site_of(i)] * TUNNELS_PER_SITE + cfg.position_of(i))
                       for i, t in enumerate(cfg.tunnels))
+        sites = tuple(SiteSpec(st.name, sid, tuple(st.ranges)) for st, sid in zip(cfg.sites, ids))
         return cls(tuple(cfg.ingress), tuple(cfg.ranges), specs, dp.mark_mask, dp.rule_priority,
-                   dp.slots, dp.flow_table_size, dp.flow_idle_timeout, dp.bpffs)
+                   dp.slots, dp.flow_table_size, dp.flow_idle_timeout, dp.bpffs, sites,
+                   dp.max_sites)
+
+    def route_tables(self) -> list[routes.RouteTable]:
+        """One table per tunnel position: every site's ranges via its tunnel at
+        that position (so the number of tables and ip rules is that of one site)."""
+        by_site = {s.id: s.ranges for s in self.sites}
+        tables: dict[int, tuple[int, list]] = {}
+        for t in self.tunnels:
+            _, rts = tables.setdefault(t.table, (t.mark, []))
+            rts.extend((net, t.interface) for net in by_site[t.site])
+        return [routes.RouteTable(mark, table, tuple(rts)) for table, (mark, rts) in tables.items()]
+
+
+def site_ids(cfg, previous: Layout | None) -> list[int]:
+    """Site id per config site: the previous layout's id for a site of the same
+    name, else the lowest free id."""
+    old = {s.name: s.id for s in previous.sites} if previous is not None else {}
+    if previous is not None and not cfg.hub and len(previous.sites) == 1:
+        old = {cfg.sites[0].name: previous.sites[0].id}   # a renamed single site stays put
+    keep = {st.name: old[st.name] for st in cfg.sites
+            if st.name in old and old[st.name] < cfg.dataplane.max_sites}
+    used = set(keep.values())
+    free = (i for i in range(cfg.dataplane.max_sites) if i not in used)
+    return [keep[st.name] if st.name in keep else next(free) for st in cfg.sites]
 
 
 def save_layout(layout: Layout, path: str) -> None:
-    """Remember what was installed, so --cleanup works even after a bad config edit."""
+    """Remember what was installed, so --cleanup works even after a bad config edit
+    (and a restart keeps each site's id)."""
     import json
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    doc = asdict(layout)
-    doc["ranges"] = [str(n) for n in layout.ranges]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
+        json.dump(_doc_of(layout), f)
     os.replace(tmp, path)
+
+
+def _doc_of(layout: Layout) -> dict:
+    doc = asdict(layout)
+    doc["ranges"] = [str(n) for n in layout.ranges]
+    for s in doc["sites"]:
+        s["ranges"] = [str(n) for n in s["ranges"]]
+    return doc
 
 
 def load_layout(path: str) -> Layout:
@@ -76,6 +133,8 @@ def _layout_of(doc: dict) -> Layout:
     doc["ranges"] = tuple(ipaddress.ip_network(n) for n in doc["ranges"])
     doc["tunnels"] = tuple(TunnelSpec(**t) for t in doc["tunnels"])
     doc["ingress"] = tuple(doc["ingress"])
+    doc["sites"] = tuple(SiteSpec(s["name"], s["id"], tuple(ipaddress.ip_network(n) for n in s["ranges"]))
+                         for s in doc.get("sites", ()))
     return Layout(**doc)
 
 
@@ -97,11 +156,7 @@ def record_layout(layout: Layout, path: str) -> None:
         known = []
     known = [k for k in known if k != layout] + [layout]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    docs = []
-    for k in known:
-        d = asdict(k)
-        d["ranges"] = [str(n) for n in k.ranges]
-        docs.append(d)
+    docs = [_doc_of(k) for k in known]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(docs, f)
@@ -115,16 +170,17 @@ class SlotTable:
 
 
 class Dataplane(Protocol):
-    def start(self, before_attach=None) -> SlotTable | None: ...
-    def set_usable(self, usable: list[bool]) -> None: ...
-    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int: ...
+    def start(self, before_attach=None) -> dict[int, SlotTable] | None: ...
+    def set_usable(self, usable: list[bool], site: int = 0) -> None: ...
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset(),
+                    site: int = 0) -> int: ...
     def counters(self) -> list[tuple[int, int]]: ...
     def flow_counts(self) -> list[int]: ...
     def slot_load(self) -> list[int]: ...
     def traffic(self) -> list[tuple[int, float | None, int]] | None: ...
     def cleanup(self) -> dict[str, int]: ...
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
-    def relayout(self, new: Layout, slots: list[int]) -> None: ...
+    def relayout(self, new: Layout) -> None: ...
     def rule_maps(self): ...
 
 
@@ -144,8 +200,10 @@ class KernelDataplane:
     def __init__(self, layout: Layout):
         self.layout = layout
         self.prog: Classifier | None = None
-        self.slots = SlotTable([NO_TUNNEL] * layout.nslots, [0] * layout.nslots)
-        self.usable = [False] * len(layout.tunnels)
+        self.slots: dict[int, SlotTable] = {}           # site id -> its slot table
+        self.usable: dict[int, bool] = {}               # tunnel id -> may carry traffic
+        self._tunnel_rows: dict[int, tuple[int, int]] = {}   # tunnel id -> (mark, up) written
+        self._marks_of: tuple[Layout | None, dict[int, int]] = (None, {})
         self.upstream: upstream.UpstreamCounter | None = None
         self._rule_maps = None
 
@@ -153,32 +211,36 @@ class KernelDataplane:
         """The classifier's rule tables (made on first use; the program must be loaded)."""
         if self._rule_maps is None:
             from .rulemaps import RuleMaps
-            self._rule_maps = RuleMaps(self.prog.bpf)
+            self._rule_maps = RuleMaps(self.prog.bpf, self.layout.max_sites)
         return self._rule_maps
 
-    def start(self, before_attach=None) -> SlotTable | None:
+
+    def start(self, before_attach=None) -> dict[int, SlotTable] | None:
         """Load the program (adopting pinned maps), program marks, ranges and routes,
-        call *before_attach(classifier)* (rules go in there), attach to ingress. Returns the slot table found in pinned maps, if any,
-        so the daemon continues from it instead of moving flows."""
+        call *before_attach(classifier)* (rules go in there), attach to ingress.
+        Returns the slot tables found in pinned maps (site id -> table), if any,
+        so the daemon continues from them instead of moving flows."""
         lay = self.layout
         self.prog = Classifier(ProgramParams(lay.pin_dir, max_slots=max(lay.nslots, 64),
-                                             flow_table_size=lay.flow_table_size))
+                                             flow_table_size=lay.flow_table_size,
+                                             max_sites=lay.max_sites))
         adopted = self._read_slots()
         cfg = SteerCfg(lay.nslots, lay.mark_mask, int(lay.flow_idle_timeout * 1e9))
         self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
         self._write_ranges()
         self._write_tunnels()
-        routes.install([routes.TunnelRoute(t.interface, t.mark, t.table) for t in lay.tunnels],
-                       list(lay.ranges), lay.mark_mask, lay.rule_priority)
-        if adopted:
-            self.slots = adopted
+        routes.install(lay.route_tables(), lay.mark_mask, lay.rule_priority)
+        fresh = SlotTable([NO_TUNNEL] * lay.nslots, [0] * lay.nslots)
+        self.slots = {s.id: (adopted or {}).get(s.id) or SlotTable(list(fresh.tunnel), list(fresh.ver))
+                      for s in lay.sites}
         if before_attach:
             before_attach(self.prog)
         for ifname in lay.ingress:
             tc.attach(ifname, self.prog.fd)
         self._start_upstream()
-        log.info("classifier attached to %s; %d tunnels, %d slots%s", ",".join(lay.ingress),
-                 len(lay.tunnels), lay.nslots, " (adopted pinned state)" if adopted else "")
+        log.info("classifier attached to %s; %d sites, %d tunnels, %d slots per site%s",
+                 ",".join(lay.ingress), len(lay.sites), len(lay.tunnels), lay.nslots,
+                 " (adopted pinned state)" if adopted else "")
         return adopted
 
     def _start_upstream(self) -> None:
@@ -188,69 +250,101 @@ class KernelDataplane:
             log.error("upstream counter not loaded (dead tunnels found by probe timing only): %s",
                       exc)
 
-    def _read_slots(self) -> SlotTable | None:
-        table = self.prog.table("slots")
+    def _map(self, name: str):
+        from .rulemaps import _Map   # bcc-backed: imported late, like the program
+        return _Map(self.prog.bpf, name)
+
+    def _read_slots(self) -> dict[int, SlotTable] | None:
+        """Each site's slot row from the pinned map (one batch read per site)."""
         n = self.layout.nslots
-        tun, ver = [], []
-        for s in range(n):
-            v = table[ct.c_uint32(s)]
-            tun.append(v.tunnel)
-            ver.append(v.ver)
         cur = self.prog.table("steer_cfg")[ct.c_uint32(0)]
-        valid = cur.nslots == n and all(t < len(self.layout.tunnels) for t in tun)
-        return SlotTable(tun, ver) if valid else None
+        if cur.nslots != n:
+            return None     # fresh maps, or sized for another table: nothing to adopt
+        m = self._map("slots")
+        out = {}
+        for site in self.layout.sites:
+            raw = array("I", bytes(m.lookup_range(site.id * n, n, 8)))
+            out[site.id] = SlotTable(list(raw[0::2]), list(raw[1::2]))
+        return out
 
     def _write_ranges(self) -> None:
-        for fam, name in ((4, "ranges4"), (6, "ranges6")):
+        """Destination -> site id. Only the difference is written: a reload that
+        adds a site never leaves another site's destinations unsteered."""
+        want: dict[tuple[int, int, bytes], int] = {}
+        for site in self.layout.sites:
+            for net in site.ranges:
+                want[(net.version, net.prefixlen, net.network_address.packed)] = site.id
+        for fam, name in ((4, "dst_site4"), (6, "dst_site6")):
             table = self.prog.table(name)
-            table.clear()
-            for net in self.layout.ranges:
-                if net.version != fam:
+            have = {}
+            for k, v in table.items():
+                raw = (k.addr.to_bytes(4, "little") if fam == 4
+                       else b"".join(k.addr[i].to_bytes(4, "little") for i in range(4)))
+                have[(fam, k.prefixlen, raw)] = (k, v.value)
+            for key, (k, _) in have.items():
+                if key not in want:
+                    del table[k]
+            for (v, plen, raw), sid in want.items():
+                if v != fam or have.get((v, plen, raw), (None, None))[1] == sid:
                     continue
                 k = table.Key()
-                k.prefixlen = net.prefixlen
-                raw = net.network_address.packed
+                k.prefixlen = plen
                 if fam == 4:
                     k.addr = int.from_bytes(raw, "little")
                 else:
                     for i in range(4):
                         k.addr[i] = int.from_bytes(raw[4 * i:4 * i + 4], "little")
-                table[k] = ct.c_uint8(1)
+                table[k] = ct.c_uint32(sid)
 
-    def _write_tunnels(self) -> None:
-        table = self.prog.table("tunnels")
-        for i in range(MAX_TUNNELS):
-            v = table.Leaf()
-            if i < len(self.layout.tunnels):
-                v.mark = self.layout.tunnels[i].mark
-                v.up = int(self.usable[i])
-            table[ct.c_uint32(i)] = v
+    def _write_tunnels(self, only: set[int] | None = None) -> None:
+        """Marks and usable flags by tunnel id; ids of no configured tunnel get
+        mark 0 (never marked). Only changed rows are written, in one batch."""
+        marks = self._marks()
+        ids = only if only is not None else set(marks) | set(self._tunnel_rows) | set(range(MAX_TUNNELS))
+        rows = {i: (marks[i], int(self.usable.get(i, False))) if i in marks else (0, 0) for i in ids}
+        changed = sorted(i for i in ids if self._tunnel_rows.get(i) != rows[i])
+        if not changed:
+            return
+        vals = array("I")
+        for i in changed:
+            vals.extend(rows[i])
+        self._map("tunnels").update(array("I", changed), vals, len(changed))
+        for i in changed:
+            self._tunnel_rows[i] = rows[i]
 
-    def relayout(self, new: Layout, slots: list[int]) -> None:
+    def _marks(self) -> dict[int, int]:
+        """Tunnel id -> mark of the current layout (computed once per layout:
+        set_usable runs on every link event of every site)."""
+        if self._marks_of[0] is not self.layout:
+            self._marks_of = (self.layout, {t.tid: t.mark for t in self.layout.tunnels})
+        return self._marks_of[1]
+
+    def relayout(self, new: Layout) -> None:
         """Apply a reloaded layout: only what differs (routes and rules are synced,
-        ranges and marks rewritten, ingress attachments added/removed). *slots*
-        is the current table re-expressed in the new tunnel indexes; every slot
-        gets a new version, so cached flows re-decide — onto the same physical
-        tunnel, since each slot keeps its tunnel."""
+        ranges and marks rewritten by difference, ingress attachments added or
+        removed). Sites keep their ids; a site's slot table is rewritten by the
+        next write_slots, which versions every slot whose tunnel id changed."""
         old = self.layout
         self.layout = new
-        self.usable = [False] * len(new.tunnels)
+        live = {t.tid for t in new.tunnels}
+        self.usable = {t: u for t, u in self.usable.items() if t in live}
         self._write_ranges()
         self._write_tunnels()
-        stale = [t.table for t in old.tunnels if t.table not in {n.table for n in new.tunnels}]
-        routes.remove(stale, old.rule_priority)
         if old.rule_priority != new.rule_priority or old.mark_mask != new.mark_mask:
             routes.remove([t.table for t in old.tunnels], old.rule_priority)
-        routes.install([routes.TunnelRoute(t.interface, t.mark, t.table) for t in new.tunnels],
-                       list(new.ranges), new.mark_mask, new.rule_priority)
+        else:
+            stale = {t.table for t in old.tunnels} - {t.table for t in new.tunnels}
+            routes.remove(sorted(stale), old.rule_priority)
+        routes.install(new.route_tables(), new.mark_mask, new.rule_priority)
         cfg = SteerCfg(new.nslots, new.mark_mask, int(new.flow_idle_timeout * 1e9))
         self.prog.table("steer_cfg")[ct.c_uint32(0)] = cfg
         for ifname in set(old.ingress) - set(new.ingress):
             tc.detach(ifname)
         for ifname in set(new.ingress) - set(old.ingress):
             tc.attach(ifname, self.prog.fd)
-        self.slots = SlotTable(list(slots), [(v + 1) & 0xFFFFFFFF for v in self.slots.ver])
-        self._write_slot_entries(range(len(slots)))
+        n = new.nslots
+        self.slots = {s.id: self.slots.get(s.id) or SlotTable([NO_TUNNEL] * n, [0] * n)
+                      for s in new.sites}
         if self.upstream:
             self.upstream.set_interfaces([t.interface for t in new.tunnels])
 
@@ -271,47 +365,57 @@ class KernelDataplane:
     def qos_state(self) -> list[dict | None]:
         return [qos.read(t.interface) for t in self.layout.tunnels]
 
-    def set_usable(self, usable: list[bool]) -> None:
-        """Which tunnels may carry traffic. Written before the slot table on a
-        failure so the classifier stops using a dead tunnel at once."""
-        if usable != self.usable:
-            # the mirror changes only once the kernel has it: a failed write is redone
-            old, self.usable = self.usable, list(usable)
-            try:
-                self._write_tunnels()
-            except Exception:
-                self.usable = old
-                raise
-
-    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
-        """Write only the slots that change hands (one batch). Returns their number."""
-        old = self.slots
-        self.slots, changed = bump_slots(old, slots, keep_flows_of)
+    def set_usable(self, usable: list[bool], site: int = 0) -> None:
+        """Which of *site*'s tunnels (by position) may carry traffic. Written
+        before the slot table on a failure so the classifier stops using a dead
+        tunnel at once."""
+        base = site * TUNNELS_PER_SITE
+        ids = {base + p for p in range(len(usable))}
+        old = dict(self.usable)
+        for p, u in enumerate(usable):
+            self.usable[base + p] = bool(u)
         try:
-            self._write_slot_entries(changed)
+            self._write_tunnels(ids)
         except Exception:
-            self.slots = old    # so that a retry writes these slots again
+            self.usable = old    # the mirror changes only once the kernel has it
+            raise
+
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset(),
+                    site: int = 0) -> int:
+        """Write only the slots of *site* that change hands (one batch). Returns their number."""
+        cur = self.slots.get(site) or SlotTable([NO_TUNNEL] * len(slots), [0] * len(slots))
+        self.slots[site], changed = bump_slots(cur, slots, keep_flows_of)
+        try:
+            self._write_slot_entries(site, changed)
+        except Exception:
+            self.slots[site] = cur    # so that a retry writes these slots again
             raise
         return len(changed)
 
-    def _write_slot_entries(self, which) -> None:
+    def _write_slot_entries(self, site: int, which) -> None:
         which = list(which)
         if not which:
             return
-        table = self.prog.table("slots")
-        keys = (ct.c_uint32 * len(which))(*which)
-        leaves = (table.Leaf * len(which))()
-        for i, s in enumerate(which):
-            leaves[i].tunnel = self.slots.tunnel[s]
-            leaves[i].ver = self.slots.ver[s]
-        table.items_update_batch(keys, leaves)
+        st, base = self.slots[site], site * self.layout.nslots
+        keys = array("I", (base + s for s in which))
+        vals = array("I")
+        for s in which:
+            vals.extend((st.tunnel[s], st.ver[s]))
+        self._map("slots").update(keys, vals, len(which))
 
     def counters(self) -> list[tuple[int, int]]:
-        table = self.prog.table("tstats")
+        """(packets, bytes) per configured tunnel, config order: one batch read."""
+        from bcc.utils import get_possible_cpus
+        ncpu = len(get_possible_cpus())
+        tids = [t.tid for t in self.layout.tunnels]
+        if not tids:
+            return []
+        lo, hi = min(tids), max(tids)
+        raw = array("Q", bytes(self._map("tstats").lookup_range(lo, hi - lo + 1, 16 * ncpu)))
         out = []
-        for i in range(len(self.layout.tunnels)):
-            vals = table.getvalue(ct.c_uint32(i))
-            out.append((sum(v.packets for v in vals), sum(v.bytes for v in vals)))
+        for tid in tids:
+            row = raw[(tid - lo) * 2 * ncpu:(tid - lo + 1) * 2 * ncpu]
+            out.append((sum(row[0::2]), sum(row[1::2])))
         return out
 
     def traffic(self) -> list[tuple[int, float | None, int]] | None:
@@ -320,7 +424,8 @@ class KernelDataplane:
         if self.upstream is None:
             return None
         down = {k: sum(c.packets for c in v) for k, v in self.prog.table("tstats").items_lookup_batch()}
-        return [(rx, last, down.get(i, 0)) for i, (rx, last) in enumerate(self.upstream.read())]
+        return [(rx, last, down.get(t.tid, 0))
+                for t, (rx, last) in zip(self.layout.tunnels, self.upstream.read())]
 
     def _live_flows(self):
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -330,19 +435,24 @@ class KernelDataplane:
                 yield v
 
     def flow_counts(self) -> list[int]:
-        """Live flows per tunnel in the affinity table (those not idle-expired)."""
+        """Live flows per configured tunnel in the affinity table (not idle-expired)."""
+        index = {t.tid: i for i, t in enumerate(self.layout.tunnels)}
         counts = [0] * len(self.layout.tunnels)
         for v in self._live_flows():
-            if v.tunnel < len(counts):
-                counts[v.tunnel] += 1
+            i = index.get(v.tunnel)
+            if i is not None:
+                counts[i] += 1
         return counts
 
     def slot_load(self) -> list[int]:
-        """Live flows per slot that still sit on the slot's tunnel (flows kept
-        elsewhere by failback policy do not count: moving the slot leaves them)."""
-        load = [0] * self.layout.nslots
+        """Live flows per data-path slot (site id x nslots + slot) that still sit
+        on the slot's tunnel (flows kept elsewhere by failback policy do not
+        count: moving the slot leaves them)."""
+        n = self.layout.nslots
+        load = [0] * (n * (max(s.id for s in self.layout.sites) + 1))
         for v in self._live_flows():
-            if v.slot < len(load) and self.slots.tunnel[v.slot] == v.tunnel:
+            st = self.slots.get(v.slot // n)
+            if st is not None and v.slot < len(load) and st.tunnel[v.slot % n] == v.tunnel:
                 load[v.slot] += 1
         return load
 

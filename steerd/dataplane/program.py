@@ -12,21 +12,32 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from ..abi import MAX_TUNNELS
+from ..abi import MAX_TUNNELS, NO_TUNNEL  # noqa: F401  (NO_TUNNEL: re-exported)
 from .sources import ebpf_dir, inline_includes
+
+#: hub mode: tunnel id = site id x 6 + position in the site (3 tunnels per HA role)
+TUNNELS_PER_SITE = 6
+
+def tunnel_ids(max_sites: int) -> int:
+    """Entries of the per-tunnel maps (usable flags, marks, counters)."""
+    return max(MAX_TUNNELS, max_sites * TUNNELS_PER_SITE)
 
 
 @dataclass(frozen=True)
 class ProgramParams:
     pin_dir: str
-    max_slots: int = 4096
+    max_slots: int = 4096            # per site
     flow_table_size: int = 65536
+    max_sites: int = 1
 
     def cflags(self, with_rules: bool) -> list[str]:
         flags = [
             f"-I{ebpf_dir()}",
             f"-DMAX_SLOTS={self.max_slots}",
-            f"-DMAX_TUNNELS={MAX_TUNNELS}",
+            f"-DMAX_SITES={self.max_sites}",
+            f"-DMAX_TUNNELS={tunnel_ids(self.max_sites)}",
+            # each site's ranges (a trie without preallocation: room costs nothing)
+            f"-DMAX_RANGES={max(1024, 64 * self.max_sites)}",
             f"-DFLOW_TABLE_SIZE={self.flow_table_size}",
             f'-DPIN_DIR="{self.pin_dir}"',
         ]

@@ -1,5 +1,7 @@
-"""Policy routing: one table per tunnel holding the network ranges via the
-tunnel's netdev, and one `ip rule fwmark MARK/MASK lookup TABLE` per tunnel.
+"""Policy routing: one table per tunnel position holding the network ranges via
+the tunnel's netdev (hub mode: every site's ranges via that site's tunnel at the
+position), and one `ip rule fwmark MARK/MASK lookup TABLE` per position: at most
+6 per family however many sites.
 
 Routes are device routes (no next hop), as on XFRM interfaces; the namespace
 lab's veth stand-ins behave point-to-point (same MAC on both ends, arp off).
@@ -17,30 +19,36 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
-class TunnelRoute:
-    interface: str
+class RouteTable:
+    """One policy table: packets with *mark* are routed by *routes*
+    ((destination, tunnel interface) pairs). With one site that is the site's
+    ranges via one tunnel; in hub mode every site's ranges via that site's
+    tunnel at the table's position."""
+
     mark: int
     table: int
+    routes: tuple[tuple[Network, str], ...]
 
 
 def _family(net: Network) -> int:
     return socket.AF_INET if net.version == 4 else socket.AF_INET6
 
 
-def _families(ranges: list[Network]) -> set[int]:
-    return {_family(n) for n in ranges}
-
-
-def install(routes: list[TunnelRoute], ranges: list[Network], mark_mask: int, priority: int) -> None:
-    """Make the kernel hold exactly these tables and rules (idempotent)."""
+def install(tables: list[RouteTable], mark_mask: int, priority: int) -> None:
+    """Make the kernel hold exactly these tables and rules (idempotent; only
+    routes that differ are written, so a reload touches only what changed)."""
     with IPRoute() as ipr:
-        for tr in routes:
-            idx = ipr.link_lookup(ifname=tr.interface)
-            if not idx:
-                raise LookupError(f"tunnel interface {tr.interface!r} not found")
-            _sync_table(ipr, tr.table, idx[0], ranges)
+        ifindex = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+        for tb in tables:
+            wanted = {}
+            for net, ifname in tb.routes:
+                if ifname not in ifindex:
+                    raise LookupError(f"tunnel interface {ifname!r} not found")
+                wanted[str(net)] = (net, ifindex[ifname])
+            _sync_table(ipr, tb.table, wanted)
+            families = {_family(net) for net, _ in tb.routes}
             for fam in (socket.AF_INET, socket.AF_INET6):
-                _sync_rule(ipr, fam, tr, mark_mask, priority, wanted=fam in _families(ranges))
+                _sync_rule(ipr, fam, tb, mark_mask, priority, wanted=fam in families)
 
 
 def _route_dst(r, fam: int) -> str:
@@ -48,29 +56,32 @@ def _route_dst(r, fam: int) -> str:
     return f"{r.get_attr('RTA_DST') or zero}/{r['dst_len']}"
 
 
-def _sync_table(ipr: IPRoute, table: int, oif: int, ranges: list[Network]) -> None:
-    wanted = {str(n) for n in ranges}
+def _sync_table(ipr: IPRoute, table: int, wanted: dict[str, tuple[Network, int]]) -> None:
+    present = set()
     for fam in (socket.AF_INET, socket.AF_INET6):
         for r in ipr.get_routes(family=fam, table=table):
             if r.get_attr("RTA_TABLE") != table:
                 continue
-            dst = _route_dst(r, fam)
-            if dst not in wanted or r.get_attr("RTA_OIF") != oif:
-                ipr.route("del", table=table, dst=dst, family=fam, oif=r.get_attr("RTA_OIF"))
-    for net in ranges:
-        ipr.route("replace", dst=str(net), oif=oif, table=table, family=_family(net))
+            dst, oif = _route_dst(r, fam), r.get_attr("RTA_OIF")
+            if dst not in wanted or oif != wanted[dst][1]:
+                ipr.route("del", table=table, dst=dst, family=fam, oif=oif)
+            else:
+                present.add(dst)
+    for dst, (net, oif) in wanted.items():
+        if dst not in present:
+            ipr.route("replace", dst=dst, oif=oif, table=table, family=_family(net))
 
 
-def _sync_rule(ipr: IPRoute, fam: int, tr: TunnelRoute, mask: int, priority: int, wanted: bool) -> None:
+def _sync_rule(ipr: IPRoute, fam: int, tb: RouteTable, mask: int, priority: int, wanted: bool) -> None:
     present = [r for r in ipr.get_rules(family=fam)
-               if r.get_attr("FRA_PRIORITY") == priority and r.get_attr("FRA_FWMARK") == tr.mark]
-    ok = [r for r in present if r.get_attr("FRA_TABLE") == tr.table and r.get_attr("FRA_FWMASK") == mask]
+               if r.get_attr("FRA_PRIORITY") == priority and r.get_attr("FRA_FWMARK") == tb.mark]
+    ok = [r for r in present if r.get_attr("FRA_TABLE") == tb.table and r.get_attr("FRA_FWMASK") == mask]
     for r in present:
         if r not in ok or not wanted:
             _del_rule(ipr, fam, priority, r.get_attr("FRA_FWMARK"), r.get_attr("FRA_FWMASK"),
                       r.get_attr("FRA_TABLE"))
     if wanted and not ok:
-        ipr.rule("add", family=fam, priority=priority, fwmark=tr.mark, fwmask=mask, table=tr.table)
+        ipr.rule("add", family=fam, priority=priority, fwmark=tb.mark, fwmask=mask, table=tb.table)
 
 
 def _del_rule(ipr: IPRoute, fam: int, priority: int, mark: int, mask: int, table: int) -> None:
@@ -90,7 +101,7 @@ def remove(tables: list[int], priority: int) -> int:
                     _del_rule(ipr, fam, priority, r.get_attr("FRA_FWMARK"), r.get_attr("FRA_FWMASK"),
                               r.get_attr("FRA_TABLE"))
                     n += 1
-            for table in tables:
+            for table in sorted(set(tables)):
                 for r in ipr.get_routes(family=fam, table=table):
                     if r.get_attr("RTA_TABLE") != table:
                         continue

@@ -93,8 +93,9 @@ class RuleMaps:
               "rl_dport", "rl_proto", "rl_dscp", "rl_ingress", "rl_bm", "rl_words", "rl_ubase",
               "rl_rules", "rl_wan", "rl_hits")
 
-    def __init__(self, bpf: Any):
+    def __init__(self, bpf: Any, max_sites: int = 1):
         self.m = {n: _Map(bpf, n) for n in self._NAMES}
+        self.max_sites = max_sites          # rl_wan holds one wan row per site (hub mode)
         m = self.m
         self.ncpus = len(get_possible_cpus())
         max_rules = m["rl_rules"].max_entries // 2
@@ -106,17 +107,18 @@ class RuleMaps:
                              max_words=m["rl_words"].value_size // 8,
                              max_chunks=m["rl_chunk4"].value_size // 64,
                              max_chunks6=m["rl_chunk6"].value_size // 64,
-                             max_wans=m["rl_wan"].max_entries // 2,
+                             max_wans=m["rl_wan"].max_entries // (2 * max_sites),
                              max_ingress=m["rl_ingress"].max_entries)
         # what each half holds, so the next fill can delete stale hash keys
         self._ingress_keys: list[tuple[array, int]] = [(array("I"), 0), (array("I"), 0)]
         self._compiled: list[CompiledRules | None] = [None, None]
-        self._wans_written: list[array | None] = [None, None]
+        # per set: site id -> the wan row written there
+        self._wans_written: list[dict[int, array]] = [{}, {}]
         self._active = 0
         self._gen = 0
         self._flipped_at = 0.0
         self._carried: dict[str, int] = {}   # hits of names from earlier applies
-        self._wan_tunnels: dict[str, int | None] = {}
+        self._wan_tunnels: dict[int, dict[str, int | None]] = {}   # site id -> wan -> tunnel
         # start from a clean, empty set 0 (a fresh bcc map is zeroed already)
         self._write_cfg(0, 0, 0, 0, 0)
         self._write_active(0)
@@ -136,8 +138,13 @@ class RuleMaps:
     def compiled(self) -> CompiledRules | None:
         return self._compiled[self._active]
 
-    def apply(self, compiled: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
-        """Make *compiled* the active rule set in one step (the flip of rl_active)."""
+    def apply(self, compiled: CompiledRules, wan_tunnels: Mapping[str, int | None] | None = None,
+              sites: Mapping[int, Mapping[str, int | None]] | None = None) -> None:
+        """Make *compiled* the active rule set in one step (the flip of rl_active).
+        *wan_tunnels*: site 0's wan -> tunnel; hub mode passes *sites* (site id
+        -> wan -> tunnel id) instead: a rule's wan is its packet's site's tunnel."""
+        site_wans = {k: dict(v) for k, v in sites.items()} if sites is not None \
+            else {0: dict(wan_tunnels or {})}
         if compiled.limits != self.limits:
             raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}: "
                              "compile with RuleMaps.limits")
@@ -145,7 +152,7 @@ class RuleMaps:
         wait = self._flipped_at + _REUSE_GRACE_S - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        self._fill(s, compiled, wan_tunnels)
+        self._fill(s, compiled, site_wans)
         gen = self._gen + 1
         self._write_cfg(s, gen, compiled.nrules, compiled.used, compiled.ingress_default)
         old = self._compiled[self._active]
@@ -156,26 +163,26 @@ class RuleMaps:
         # are lost from the counters: a handful at most, never double counted
         self._active, self._gen = s, gen
         self._compiled[s] = compiled
-        self._wan_tunnels = dict(wan_tunnels)
+        self._wan_tunnels = site_wans
         for name, n in old_hits.items():
             self._carried[name] = self._carried.get(name, 0) + n
         keep = set(compiled.names)
         self._carried = {k: v for k, v in self._carried.items() if k in keep}
 
-    def set_wan_tunnels(self, wan_tunnels: Mapping[str, int | None]) -> None:
+    def set_wan_tunnels(self, wan_tunnels: Mapping[str, int | None], site: int = 0) -> None:
         """Update the active set's wan -> tunnel table in place (link/HA change),
         then bump the generation so cached per-flow decisions are dropped.
         Written wan first, generation last: a packet that sees the new
         generation also sees the new table. Nothing happens (no syscall, no
         new generation) when the table would not change: the daemon calls this
-        on every rebalance."""
+        on every rebalance. *site*: whose row (hub mode)."""
         c = self._compiled[self._active]
-        self._wan_tunnels = dict(wan_tunnels)
+        self._wan_tunnels[site] = dict(wan_tunnels)
         if c is None:
             return
-        if self._wan_table(c, wan_tunnels) == self._wans_written[self._active]:
+        if self._wan_table(c, wan_tunnels) == self._wans_written[self._active].get(site):
             return
-        self._write_wans(self._active, c, wan_tunnels)
+        self._write_wans(self._active, c, {site: wan_tunnels})
         self._gen += 1
         self._write_cfg(self._active, self._gen, c.nrules, c.used, c.ingress_default)
 
@@ -204,13 +211,20 @@ class RuleMaps:
                 vals[wid] = t
         return vals
 
-    def _write_wans(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+    def _write_wans(self, s: int, c: CompiledRules,
+                    site_wans: Mapping[int, Mapping[str, int | None]]) -> None:
+        """Rows [(set * max_sites + site) * max_wans ...] of the given sites, one batch."""
         n = self.limits.max_wans
-        vals = self._wan_table(c, wan_tunnels)
-        self.m["rl_wan"].update(_keys(s * n, n), vals, n)
-        self._wans_written[s] = vals
+        keys, vals = array("I"), array("I")
+        for site, wt in sorted(site_wans.items()):
+            row = self._wan_table(c, wt)
+            keys.extend(_keys((s * self.max_sites + site) * n, n))
+            vals.extend(row)
+            self._wans_written[s][site] = row
+        self.m["rl_wan"].update(keys, vals, len(keys))
 
-    def _fill(self, s: int, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> None:
+    def _fill(self, s: int, c: CompiledRules,
+              site_wans: Mapping[int, Mapping[str, int | None]]) -> None:
         lim, m, lay = self.limits, self.m, c.layout
         # 1. stale keys of this half (from two applies ago) would still match: delete
         #    (every other table is an array, overwritten or never read past its end)
@@ -268,7 +282,8 @@ class RuleMaps:
         for action in c.actions:                 # steerd.abi.RlRule: wan, fb_kind, fb_wan, prio
             acts.extend(action)
         m["rl_rules"].update(_keys(s * lim.max_rules, n), acts, n)
-        self._write_wans(s, c, wan_tunnels)
+        self._wans_written[s] = {}
+        self._write_wans(s, c, site_wans)
         zeros = bytearray(8 * self.ncpus * n)
         m["rl_hits"].update(_keys(s * lim.max_rules, n), zeros, n)
 

@@ -11,7 +11,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m steerd.lab")
     ap.add_argument("--prefix", default="sdlab", help="namespace name prefix")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="build the lab and write a steerd config for it")
+    up = sub.add_parser("up", help="build the lab and write a steerd config for it")
+    up.add_argument("--sites", type=int, default=0,
+                    help="hub mode: N sites (one site namespace hosts every site's range)")
+    up.add_argument("--tunnels", type=int, default=3, help="hub mode: tunnels per site (1..6)")
     sub.add_parser("down", help="remove the lab")
     d = sub.add_parser("demo", help="lab + steerd + traffic + split table, then tear down")
     d.add_argument("--flows", type=int, default=3000)
@@ -27,6 +30,9 @@ def main() -> int:
         from .demo import run
         return run(a.flows)
     lab = Lab(a.prefix)
+    if a.cmd == "up" and a.sites:
+        from .topology import HubLab
+        lab = HubLab(a.prefix, a.sites, a.tunnels)
     if a.cmd == "up":
         lab.up()
         print(f"lab up; steerd config: {lab.write_config(lab.config())}")

@@ -183,3 +183,139 @@ class Lab:
             raw = ns_sh(self.site, "cat", f"/sys/class/net/{t.site_if}/statistics/rx_packets")
             out[t.name] = int(raw)
         return out
+
+
+# ------------------------------------------------------------------ hub lab
+
+HUB_LINKS = 0x64400000            # 100.64.0.0/10: one /30 per tunnel (gw .1, site .2)
+HUB_ROLES = ("primary", "primary", "primary", "secondary", "secondary", "secondary")
+
+
+def hub_site_range(s: int) -> str:
+    """Site s's steered range: a /20 (room for the lab's flow addresses)."""
+    return f"10.{100 + s // 16}.{(s % 16) * 16}.0/20"
+
+
+@dataclass(frozen=True)
+class HubTunnel:
+    name: str       # steerd tunnel name, e.g. s7-pri-wan2
+    site: int
+    k: int          # position within the site
+    role: str
+    wan: str
+    number: int     # global: site * tunnels-per-site + k
+
+    @property
+    def gw_if(self) -> str:
+        return f"h{self.site}t{self.k}"
+
+    @property
+    def site_if(self) -> str:
+        return f"h{self.site}s{self.k}"
+
+    def _addr(self, host: int) -> str:
+        n = HUB_LINKS + 4 * self.number + host
+        return ".".join(str((n >> sh) & 255) for sh in (24, 16, 8, 0))
+
+    @property
+    def gw_addr(self) -> str:
+        return self._addr(1)
+
+    @property
+    def site_addr(self) -> str:
+        return self._addr(2)
+
+
+class HubLab(Lab):
+    """The namespace lab for hub mode: core -> gw -> N sites x M tunnels -> site.
+
+    One `site` namespace hosts every site's range (10.0.0.0/8 is local there)
+    and answers probes with the kernel's own echo replies; tunnel h{s}t{k} on
+    the gateway is veth-paired with h{s}s{k} there. Built with `ip -batch`
+    (a few processes, not one per command), so 1,000 sites x 3 tunnels take
+    seconds. Bandwidths differ per site (see `bandwidth`), so each site has
+    its own split."""
+
+    def __init__(self, prefix: str = "sdhub", sites: int = 3, tunnels: int = 3):
+        super().__init__(prefix)
+        if not 1 <= tunnels <= len(HUB_ROLES):
+            raise ValueError(f"tunnels per site: 1 to {len(HUB_ROLES)}")
+        self.nsites, self.per_site = sites, tunnels
+        self.tunnels = tuple(self._make(s, k) for s in range(sites) for k in range(tunnels))
+
+    def _make(self, s: int, k: int) -> HubTunnel:
+        role = HUB_ROLES[k]
+        i = k % 3 + 1
+        return HubTunnel(f"s{s}-{role[:3]}-wan{i}", s, k, role, f"wan{i}", s * self.per_site + k)
+
+    @staticmethod
+    def bandwidth(site: int, k: int) -> float:
+        """Site-specific ratios: site 0 100:50:25, site 1 20:20:60, site 2 10:90:50, ..."""
+        patterns = ((100, 50, 25), (20, 20, 60), (10, 90, 50), (40, 40, 40))
+        return patterns[site % len(patterns)][k % 3]
+
+    def site_name(self, s: int) -> str:
+        return f"site{s}"
+
+    def tunnel(self, name: str) -> HubTunnel:  # type: ignore[override]
+        for t in self.tunnels:
+            if name in (t.name, t.gw_if, t.site_if):
+                return t
+        raise KeyError(name)
+
+    def up(self) -> "HubLab":
+        self.down()
+        os.makedirs(os.path.dirname(self.bpffs), exist_ok=True)
+        sh("mount", "-t", "bpf", "bpf", os.path.dirname(self.bpffs))
+        for ns in (self.core, self.gw, self.site):
+            sh("ip", "netns", "add", ns)
+            ns_sh(ns, "ip", "link", "set", "lo", "up")
+            # new interfaces inherit these: no per-interface sysctl for thousands of them
+            sysctl(ns, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                   "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+                   "net.ipv6.conf.default.disable_ipv6=1")
+        self._link(self.core, "up0", self.gw, "core0")
+        ns_sh(self.core, "ip", "addr", "add", f"{CORE4}/24", "dev", "up0")
+        ns_sh(self.gw, "ip", "addr", "add", f"{GW4}/24", "dev", "core0")
+        ns_sh(self.core, "ip", "route", "add", "default", "via", GW4)
+        sh("ip", "-batch", "-", input="".join(
+            f"link add {t.gw_if} netns {self.gw} type veth peer name {t.site_if} netns {self.site}\n"
+            for t in self.tunnels))
+        for ns, side in ((self.gw, "gw"), (self.site, "site")):
+            cmds = []
+            for t in self.tunnels:
+                ifname, addr = (t.gw_if, t.gw_addr) if side == "gw" else (t.site_if, t.site_addr)
+                n = t.number + 1
+                mac = f"02:5e:{(n >> 24) & 255:02x}:{(n >> 16) & 255:02x}:{(n >> 8) & 255:02x}:{n & 255:02x}"
+                cmds += [f"link set {ifname} address {mac} arp off up", f"addr add {addr}/30 dev {ifname}"]
+            ns_sh(ns, "ip", "-batch", "-", input="\n".join(cmds) + "\n")
+        ns_sh(self.site, "ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo")
+        # a route back to the sender: the site accepts nothing from an unroutable source
+        ns_sh(self.site, "ip", "route", "add", "10.99.0.0/24", "dev", self.tunnels[0].site_if)
+        sysctl(self.gw, "net.ipv4.ip_forward=1")
+        return self
+
+    def config(self, bandwidths=None, sites: range | None = None, **top) -> dict:
+        """A hub-mode steerd config for (some of) the lab's sites."""
+        def tun(t: HubTunnel) -> dict:
+            return {"name": t.name, "ha_role": t.role, "wan": t.wan, "interface": t.gw_if,
+                    "public_ip": f"198.51.100.{10 + t.k}", "probe_target": t.site_addr,
+                    "bandwidth": {"down_mbps": self.bandwidth(t.site, t.k)}}
+        chosen = sites if sites is not None else range(self.nsites)
+        cfg = {
+            "ingress": ["core0"],
+            "metrics": {"listen": "127.0.0.1:9469"},
+            "control_socket": self.socket,
+            "dataplane": {"bpffs": self.bpffs},
+            "sites": [{"site": self.site_name(s), "network_ranges": {"lan": hub_site_range(s)},
+                       "tunnels": [tun(t) for t in self.tunnels if t.site == s]} for s in chosen],
+        }
+        cfg.update(top)
+        return cfg
+
+    def site_rx(self) -> dict[str, int]:
+        out = {}
+        for t in self.tunnels:
+            raw = ns_sh(self.site, "cat", f"/sys/class/net/{t.site_if}/statistics/rx_packets")
+            out[t.name] = int(raw)
+        return out

@@ -33,7 +33,7 @@ DSCP_NAMES.update({f"cs{i}": 8 * i for i in range(8)})
 DSCP_NAMES.update({f"af{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)})
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")   # fullmatch: "$" would let "a\n" through
-RULE_KEYS = ("name", "match", "wan", "sla", "fallback", "priority")
+RULE_KEYS = ("name", "match", "wan", "sla", "fallback", "priority", "site")
 MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port",
                "dscp", "ingress")
 
@@ -137,6 +137,7 @@ class Rule:
         if not self.quality:
             return self.wan
         return "@" + ",".join(self.choices) + (f"|{self.sla_class}" if self.sla else "")
+    sites: tuple[str, ...] = ()     # hub mode: the sites it applies to; () = every site
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "match": self.match.as_dict(),
@@ -146,6 +147,8 @@ class Rule:
             out["sla"] = self.sla if isinstance(self.sla, str) else self.sla.as_dict()
         if self.priority is not None:
             out["priority"] = self.priority
+        if self.sites:
+            out["site"] = list(self.sites)
         return out
 
     def summary(self) -> str:
@@ -157,7 +160,8 @@ class Rule:
         to = f"[{', '.join(self.wans)}]" if self.wans else self.wan
         if self.sla is not None:
             to += f" sla {self.sla_class}"
-        return f"{cond} -> {to} (fallback {self.fallback})"
+        where = f" at site {','.join(self.sites)}" if self.sites else ""
+        return f"{cond}{where} -> {to} (fallback {self.fallback})"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from steerd.config import parse_sla
 from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
@@ -244,9 +244,41 @@ def _parse_sla(ctx: _Ctx, node: Node, key: str,
     return v
 
 
+def _parse_sites(ctx: _Ctx, r: dict[str, Node], key: str, listed: list[str], fallback: Any,
+                 sites: Mapping[str, Collection[str]] | None) -> tuple[str, ...]:
+    """`site: NAME` or a list (hub mode): the rule applies at those sites only,
+    and its wan roles (and fallback role) must be wan roles of each of them."""
+    if "site" not in r:
+        return ()
+    node = r["site"]
+    items = node.value if node.tag == "seq" else [node]
+    known = f"one of the config's sites: {', '.join(sorted(sites))}" if sites is not None \
+        else "a site name"
+    if not items:
+        ctx.bad(node, 0, f"{key}.site", [], f"a site name or a non-empty list of them ({known})")
+        return ()
+    names = []
+    for i, item in enumerate(items):
+        sub = f"{key}.site[{i}]" if node.tag == "seq" else f"{key}.site"
+        v = item.value
+        if not isinstance(v, str) or (sites is not None and v not in sites):
+            ctx.bad(item, 0, sub, item.plain(), known)
+            continue
+        names.append(v)
+        if sites is None:
+            continue
+        for what, role in [("wan", w) for w in listed] + [("fallback", fallback)]:
+            if isinstance(role, str) and role not in ("auto", "drop") and role not in sites[v] \
+                    and what in r:
+                ctx.bad(r[what], 0, f"{key}.{what}", role,
+                        f"a wan role of site {v}: {', '.join(sorted(sites[v]))}")
+    return tuple(names)
+
+
 def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
                 ingress: set[str] | None, seen: dict[str, int],
-                classes: Mapping[str, SlaLimits] | None = None) -> Rule | None:
+                classes: Mapping[str, SlaLimits] | None = None,
+                sites: Mapping[str, Collection[str]] | None = None) -> Rule | None:
     key = f"rules[{idx}]"
     if node.tag != "map":
         ctx.bad(node, 0, key, node.plain(), "a mapping with name, match, wan, fallback")
@@ -284,14 +316,17 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
     if "priority" in r and (not isinstance(priority, int) or isinstance(priority, bool)
                             or not 1 <= priority <= 255):
         ctx.bad(r["priority"], 0, f"{key}.priority", r["priority"].plain(), "an integer 1..255")
+    rule_sites = _parse_sites(ctx, r, key, listed or [], fallback, sites)
     if len(ctx.problems) != before:
         return None
     return Rule(name=name, match=match, wan=wan, fallback=fallback, priority=priority,
-                line=node.line, wans=tuple(listed) if len(listed) > 1 else (), sla=sla)
+                line=node.line, wans=tuple(listed) if len(listed) > 1 else (), sla=sla,
+                sites=rule_sites)
 
 
 def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | None,
-              max_rules: int, classes: Mapping[str, SlaLimits] | None = None
+              max_rules: int, classes: Mapping[str, SlaLimits] | None = None,
+              sites: Mapping[str, Collection[str]] | None = None
               ) -> tuple[list[Rule | None], list[Problem]]:
     ctx = _Ctx(path)
     if root.tag != "map":
@@ -311,22 +346,26 @@ def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | 
         ctx.bad(items[max_rules], 0, f"rules[{max_rules}]", len(items),
                 f"at most {max_rules} rules")
     seen: dict[str, int] = {}
-    rules = [_parse_rule(ctx, item, i, wans, ingress, seen, classes) for i, item in enumerate(items)]
+    rules = [_parse_rule(ctx, item, i, wans, ingress, seen, classes, sites)
+             for i, item in enumerate(items)]
     return rules, ctx.problems
 
 
 def parse_rules(text: str, path: str, wans: set[str] | None = None,
                 ingress: set[str] | None = None, max_rules: int = MAX_RULES,
-                sla_classes: Mapping[str, SlaLimits] | None = None) -> RuleSet:
+                sla_classes: Mapping[str, SlaLimits] | None = None,
+                sites: Mapping[str, Collection[str]] | None = None) -> RuleSet:
     """Parse and validate a rules file (any YAML style, JSON too). Raises
     ValidationError listing every problem, each with its line.
 
     *wans*: the config's wan roles (``SiteConfig.wans``); None skips that check.
     *ingress*: the config's ingress interfaces; None skips that check.
-    *sla_classes*: the config's quality classes; None skips that check."""
+    *sla_classes*: the config's quality classes; None skips that check.
+    *sites*: site name -> its wan roles (``SiteConfig.site_wans``), for rules
+    limited with ``site:``; None skips those checks."""
     with gc_paused():
         root = load_yaml(text, path)
-        rules, problems = _validate(root, path, wans, ingress, max_rules, sla_classes)
+        rules, problems = _validate(root, path, wans, ingress, max_rules, sla_classes, sites)
     if problems:
         raise ValidationError(problems)
     return RuleSet(tuple(r for r in rules if r is not None), path)
@@ -334,6 +373,7 @@ def parse_rules(text: str, path: str, wans: set[str] | None = None,
 
 def load_rules(path: str, wans: set[str] | None = None, ingress: set[str] | None = None,
                max_rules: int = MAX_RULES,
-               sla_classes: Mapping[str, SlaLimits] | None = None) -> RuleSet:
+               sla_classes: Mapping[str, SlaLimits] | None = None,
+               sites: Mapping[str, Collection[str]] | None = None) -> RuleSet:
     return parse_rules(read_text(path, "a readable rules file"), path, wans, ingress, max_rules,
-                       sla_classes)
+                       sla_classes, sites)

@@ -6,15 +6,17 @@ from dataclasses import dataclass, field
 
 from steerd.abi import NO_TUNNEL
 from steerd.dataplane import Layout, SlotTable, bump_slots
+from steerd.dataplane.program import TUNNELS_PER_SITE
 
 
 @dataclass
 class FakeDataplane:
-    """In-memory stand-in with the same surface, for daemon/control unit tests."""
+    """In-memory stand-in with the same surface, for daemon/control unit tests.
+    Like the kernel one: a slot table per site id, usable flags by tunnel id."""
 
     layout: Layout
-    usable: list[bool] = field(default_factory=list)
-    slots: SlotTable | None = None
+    usable: dict[int, bool] = field(default_factory=dict)
+    slots: dict[int, SlotTable] = field(default_factory=dict)
     packets: list[tuple[int, int]] = field(default_factory=list)
     rule_limits: object = None      # rules.Limits of the fake rule maps (default: the real ones)
     _rule_maps: object = None
@@ -24,23 +26,24 @@ class FakeDataplane:
             self._rule_maps = FakeRuleMaps(self.rule_limits)
         return self._rule_maps
 
-    def start(self, before_attach=None) -> SlotTable | None:
+    def start(self, before_attach=None) -> dict[int, SlotTable] | None:
         n = self.layout.nslots
-        self.slots = SlotTable([NO_TUNNEL] * n, [0] * n)
-        self.usable = [False] * len(self.layout.tunnels)
+        self.slots = {s.id: SlotTable([NO_TUNNEL] * n, [0] * n) for s in self.layout.sites}
         self.packets = [(0, 0)] * len(self.layout.tunnels)
         if before_attach:
             before_attach(None)
         return None
 
-    def relayout(self, new: Layout, slots: list[int]) -> None:
+    def relayout(self, new: Layout) -> None:
+        n = new.nslots
         self.layout = new
-        self.slots = SlotTable(list(slots), [v + 1 for v in self.slots.ver])
-        self.usable = [False] * len(new.tunnels)
+        self.slots = {s.id: self.slots.get(s.id) or SlotTable([NO_TUNNEL] * n, [0] * n)
+                      for s in new.sites}
         self.packets = [(0, 0)] * len(new.tunnels)
 
-    def set_usable(self, usable: list[bool]) -> None:
-        self.usable = list(usable)
+    def set_usable(self, usable: list[bool], site: int = 0) -> None:
+        for p, u in enumerate(usable):
+            self.usable[site * TUNNELS_PER_SITE + p] = bool(u)
 
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
         self.caps = list(caps)
@@ -48,8 +51,9 @@ class FakeDataplane:
     def qos_state(self) -> list[dict | None]:
         return [None] * len(self.layout.tunnels)
 
-    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset()) -> int:
-        self.slots, changed = bump_slots(self.slots, slots, keep_flows_of)
+    def write_slots(self, slots: list[int], keep_flows_of: frozenset[int] = frozenset(),
+                    site: int = 0) -> int:
+        self.slots[site], changed = bump_slots(self.slots[site], slots, keep_flows_of)
         return len(changed)
 
     def counters(self) -> list[tuple[int, int]]:
@@ -59,7 +63,7 @@ class FakeDataplane:
         return [0] * len(self.layout.tunnels)
 
     def slot_load(self) -> list[int]:
-        return [0] * self.layout.nslots
+        return [0] * self.layout.nslots * (max(s.id for s in self.layout.sites) + 1)
 
     def traffic(self) -> list[tuple[int, float | None, int]] | None:
         return None
@@ -72,23 +76,25 @@ class FakeDataplane:
 
 
 class FakeRuleMaps:
-    """RuleMaps' surface without maps: holds the applied set and the wan map."""
+    """RuleMaps' surface without maps: holds the applied set and the wan rows."""
 
     def __init__(self, limits=None):
         from steerd.rules import Limits
         self.limits = limits or Limits()
         self.compiled = None
         self.generation = 0
-        self.wan_tunnels: dict[str, int | None] = {}
+        self.wan_tunnels: dict[int, dict[str, int | None]] = {}   # site id -> wan -> tunnel
 
-    def apply(self, compiled, wan_tunnels) -> None:
+    def apply(self, compiled, wan_tunnels=None, sites=None) -> None:
         if compiled.limits != self.limits:
             raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}")
-        self.compiled, self.wan_tunnels = compiled, dict(wan_tunnels)
+        self.compiled = compiled
+        self.wan_tunnels = {k: dict(v) for k, v in sites.items()} if sites is not None \
+            else {0: dict(wan_tunnels or {})}
         self.generation += 1
 
-    def set_wan_tunnels(self, wan_tunnels) -> None:
-        self.wan_tunnels = dict(wan_tunnels)
+    def set_wan_tunnels(self, wan_tunnels, site: int = 0) -> None:
+        self.wan_tunnels[site] = dict(wan_tunnels)
 
     def hits(self) -> dict[str, int]:
         return {}

@@ -23,9 +23,9 @@ static __always_inline int harness(struct __sk_buff *skb, int count_hits)
         return TC_ACT_OK;
     }
     if (count_hits)
-        rules_decide(&p, ifindex, &v);
+        rules_decide(&p, ifindex, 0, &v);
     else
-        rules_eval(&p, ifindex, &v, 0);
+        rules_eval(&p, ifindex, 0, &v, 0);
     skb->mark = (v.kind << 28) | ((v.tunnel & 0xff) << 20) | (v.rule & 0xfffff);
     skb->cb[1] = v.gen;
     skb->cb[2] = v.rule;

@@ -54,8 +54,9 @@ def test_metrics_follow_the_lab(lab, start_steerd):
     before = samples(text)
     labels = dict(next(k for k in before if k[0] == "steerd_tunnel_up"
                        and ("tunnel", "pri-wan2") in k[1])[1])
-    assert labels == {"tunnel": "pri-wan2", "wan": "wan2", "ha_role": "primary"}
-    assert before[("steerd_ha_active_role", (("role", "primary"),))] == 1
+    site = f"{lab.prefix}-branch"
+    assert labels == {"tunnel": "pri-wan2", "wan": "wan2", "ha_role": "primary", "site": site}
+    assert before[("steerd_ha_active_role", (("role", "primary"), ("site", site)))] == 1
     sent = send(lab, 300, duration=1.0)
     time.sleep(1.5)  # counters are read from the maps once a second
     after = samples(scrape(lab))

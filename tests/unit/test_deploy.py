@@ -64,10 +64,12 @@ def fake_daemon():
                NS(name="sec-wan1", wan="wan1", ha_role="secondary")]
     stats = [NS(loss_ratio=0.0, rtt_mean=0.012, jitter=0.0008),
              NS(loss_ratio=0.2, rtt_mean=0.031, jitter=0.004)]
-    controller = NS(weights=[100.0, 0.0], states=["up", "degraded"], ha=NS(active="primary"),
+    controller = NS(weights=[1.0, 0.0], states=["up", "degraded"], active_role=lambda i: "primary",
                     shares=lambda: [1.0, 0.0])
     health = NS(loss_pct=3.0, jitter_ms=30.0, latency_ms=600.0)
-    return NS(controller=controller, cfg=NS(tunnels=tunnels, site="branch-01", health=health),
+    cfg = NS(tunnels=tunnels, site="branch-01", health=health, sites=[NS(name="branch-01")],
+             site_of=lambda i: 0)
+    return NS(controller=controller, cfg=cfg,
               monitors=[NS(stats=lambda s=s: s) for s in stats],
               probers=[NS(sent=120, received=118), NS(sent=120, received=96)],
               counters_cache=[(1500, 1_200_000), (0, 0)],
@@ -108,8 +110,8 @@ def test_fake_daemon_exports_every_documented_metric(exported):
         "steerd_hook_runs_total", "steerd_hook_failures_total",
     }
     assert documented <= set(exported), sorted(documented - set(exported))
-    assert exported["steerd_tunnel_rtt_seconds"] == {"tunnel", "wan", "ha_role"}
-    assert exported["steerd_ha_active_role"] == {"role"}
+    assert exported["steerd_tunnel_rtt_seconds"] == {"tunnel", "wan", "ha_role", "site"}
+    assert exported["steerd_ha_active_role"] == {"role", "site"}
     assert exported["steerd_rule_matches_total"] == {"rule"}
     assert exported["steerd_hook_failures_total"] == {"hook"}
 

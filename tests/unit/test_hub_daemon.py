@@ -1,0 +1,94 @@
+"""Hub mode through the daemon on the fake data path (no root): status with
+`sites`, `--site`, the per-site summary table, per-site programming and a
+reload that adds a site without touching the others' slot rows."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from steerd.cli import main as steerctl
+from steerd.cli import request, request_lines
+from steerd.config import parse_config
+from steerd.daemon import Daemon
+from steerd.dataplane import Layout
+from steerd.testing.fake_dataplane import FakeDataplane
+from steerd.lab.topology import HubLab
+
+from test_control import _free_port, _run
+
+
+@pytest.fixture
+def hub(tmp_path):
+    lab = HubLab("u", 4, 6)
+    raw = lab.config(sites=range(3), control_socket=str(tmp_path / "s.sock"),
+                     metrics={"listen": f"127.0.0.1:{_free_port()}"})
+    path = tmp_path / "steerd.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = parse_config(path.read_text(), str(path))
+    d = Daemon(cfg, FakeDataplane(Layout.from_config(cfg)), probing=False)
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_until_complete, args=(_run(d),), daemon=True)
+    t.start()
+    for _ in range(300):
+        if (tmp_path / "s.sock").exists() and d.controller is not None:
+            break
+        threading.Event().wait(0.02)
+    d.lab = lab
+    yield d
+    loop.call_soon_threadsafe(d.stop_event.set)
+    t.join(5)
+
+
+def test_status_has_sites_and_each_tunnel_its_site(hub):
+    st = request(hub.cfg.control_socket, {"cmd": "status"})["status"]
+    assert "site" not in st and "active_ha_role" not in st      # more than one site
+    assert [(s["site"], s["active_ha_role"], len(s["tunnels"])) for s in st["sites"]] == \
+        [("site0", "primary", 6), ("site1", "primary", 6), ("site2", "primary", 6)]
+    assert [t["site"] for t in st["tunnels"]] == ["site0"] * 6 + ["site1"] * 6 + ["site2"] * 6
+    # each site's weights are its own: its primaries sum to 1
+    for s in ("site0", "site1", "site2"):
+        assert abs(sum(t["weight"] for t in st["tunnels"] if t["site"] == s) - 1) < 1e-3
+        assert abs(sum(t["share"] for t in st["tunnels"] if t["site"] == s) - 1) < 1e-3
+
+
+def test_status_site_filter_and_tables(hub):
+    sock = hub.cfg.control_socket
+    one = request(sock, {"cmd": "status", "site": "site2"})["status"]
+    assert one["site"] == "site2" and one["active_ha_role"] == "primary"
+    assert {t["site"] for t in one["tunnels"]} == {"site2"}
+    bad = next(request_lines(sock, {"cmd": "status", "site": "nope"}))
+    assert not bad["ok"] and "nope" in bad["error"]
+    out = CliRunner().invoke(steerctl, ["--socket", sock, "status"]).output
+    assert out.startswith("3 sites: 3 on primary, 0 on secondary   tunnels: 18/18 up")
+    assert "SITE" in out and "site1" in out and "s1-pri-wan1" not in out
+    out = CliRunner().invoke(steerctl, ["--socket", sock, "status", "--site", "site1"]).output
+    assert out.startswith("site site1") and "s1-pri-wan1" in out and "s0-pri-wan1" not in out
+
+
+def test_one_sites_failover_programs_only_that_site(hub):
+    slots_before = {k: list(v.tunnel) for k, v in hub.dp.slots.items()}
+    for i in range(6, 9):     # site1's primaries
+        prog, notes = hub.controller.link_state(i, "down", 1.0)
+        hub.apply(prog, notes)
+    assert hub.controller.active_role(1) == "secondary"
+    after = {k: list(v.tunnel) for k, v in hub.dp.slots.items()}
+    assert after[0] == slots_before[0] and after[2] == slots_before[2]
+    assert set(after[1]) == {9, 10, 11}          # site id 1: tunnel ids 6..11, secondaries 9..11
+    ev = [e.as_dict() for e in hub.events.since(0) if e.type == "ha_failover"]
+    assert [e["site"] for e in ev] == ["site1"]
+
+
+def test_reload_adding_a_site_keeps_the_others(hub):
+    before = {k: (list(v.tunnel), list(v.ver)) for k, v in hub.dp.slots.items()}
+    with open(hub.cfg.path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(hub.lab.config(control_socket=hub.cfg.control_socket,
+                                      metrics={"listen": hub.cfg.metrics_listen}), f, sort_keys=False)
+    reply = next(request_lines(hub.cfg.control_socket, {"cmd": "reload"}))
+    assert reply["ok"], reply
+    after = {k: (list(v.tunnel), list(v.ver)) for k, v in hub.dp.slots.items()}
+    assert [after[k] for k in range(3)] == [before[k] for k in range(3)]   # not a slot, not a version
+    assert set(after[3][0]) == {18, 19, 20}
