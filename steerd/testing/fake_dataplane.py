@@ -16,7 +16,7 @@ class FakeDataplane:
 
     layout: Layout
     usable: dict[int, bool] = field(default_factory=dict)
-    slots: dict[int, SlotTable] = field(default_factory=dict)
+    slots: dict[int, SlotTable] | None = None        # None until started
     packets: list[tuple[int, int]] = field(default_factory=list)
     rule_limits: object = None      # rules.Limits of the fake rule maps (default: the real ones)
     _rule_maps: object = None

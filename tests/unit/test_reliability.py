@@ -97,7 +97,7 @@ def test_item1_link_down_is_programmed_when_the_events_file_is_full(tmp_path):
             transition(d, "pri-wan2", "down")
             i = d.cfg.index_of("pri-wan2")
             assert d.controller.states[i] == "down"
-            assert d.dp.usable[i] is False and i not in d.dp.slots.tunnel
+            assert d.dp.usable[i] is False and i not in d.dp.slots[0].tunnel
             assert d.events.write_errors >= 1
     asyncio.run(scenario())
 
@@ -109,11 +109,11 @@ class FlakyDataplane(FakeDataplane):
         super().__init__(layout, **kw)
         self.fail = {"set_usable": 0, "counters": 1}
 
-    def set_usable(self, usable):
+    def set_usable(self, usable, site=0):
         if self.fail["set_usable"]:
             self.fail["set_usable"] -= 1
             raise OSError(28, "No space left on device (injected)")
-        super().set_usable(usable)
+        super().set_usable(usable, site)
 
     def counters(self):
         if self.fail["counters"]:
@@ -140,7 +140,7 @@ def test_item1_a_failed_data_plane_write_is_retried_and_the_loops_live_on(tmp_pa
                 if d.dp.usable[i] is False:
                     break
                 await asyncio.sleep(0.1)
-            assert d.dp.usable[i] is False and i not in d.dp.slots.tunnel
+            assert d.dp.usable[i] is False and i not in d.dp.slots[0].tunnel
             assert "loop_error" in types(d)
             # and an operator sees them counted
             from prometheus_client import generate_latest
@@ -243,9 +243,9 @@ def test_item3_sa_state_follows_tunnel_names_across_a_reload(tmp_path):
 # ------------------------------------------------------------------ item 4
 
 class SlowRelayout(FakeDataplane):
-    def relayout(self, new, slots):
+    def relayout(self, new):
         time.sleep(0.5)
-        super().relayout(new, slots)
+        super().relayout(new)
 
 
 def test_item4_a_link_change_during_a_relayout_is_not_overwritten(tmp_path):
@@ -261,7 +261,7 @@ def test_item4_a_link_change_during_a_relayout_is_not_overwritten(tmp_path):
             i = d.cfg.index_of("pri-wan2")
             assert d.controller.states[i] == "down"
             assert d.dp.usable[i] is False
-            assert i not in d.dp.slots.tunnel, "the dead tunnel got slots back after the relayout"
+            assert i not in d.dp.slots[0].tunnel, "the dead tunnel got slots back after the relayout"
     asyncio.run(scenario())
 
 
@@ -283,7 +283,7 @@ def test_item5_a_rule_capacity_error_rejects_the_whole_reload(tmp_path):
 
 
 class BrokenRelayout(FakeDataplane):
-    def relayout(self, new, slots):
+    def relayout(self, new):
         raise RuntimeError("netlink went away (injected)")
 
 
@@ -314,11 +314,11 @@ class CountingRelayout(FakeDataplane):
         super().__init__(layout, **kw)
         self.inside = self.most = 0
 
-    def relayout(self, new, slots):
+    def relayout(self, new):
         self.inside += 1
         self.most = max(self.most, self.inside)
         time.sleep(0.2)
-        super().relayout(new, slots)
+        super().relayout(new)
         self.inside -= 1
 
 
@@ -452,15 +452,15 @@ def test_a_reload_that_fails_over_or_back_emits_the_ha_events(tmp_path):
         async with running(tmp_path, raw) as d:
             transition(d, "pri-wan1", "down")
             transition(d, "pri-wan2", "down")
-            assert d.controller.ha.active == "primary"          # pri-wan3 still carries
+            assert d.controller.active_role(0) == "primary"          # pri-wan3 still carries
             without3 = [t for t in raw["tunnels"] if t["name"] != "pri-wan3"]
             write(tmp_path, dict(raw, tunnels=without3))
             assert (await d.reload())["ok"]
-            assert d.controller.ha.active == "secondary"
+            assert d.controller.active_role(0) == "secondary"
             assert "ha_failover" in types(d)
             write(tmp_path, raw)                                  # pri-wan3 is back, healthy
             assert (await d.reload())["ok"]
-            assert d.controller.ha.active == "primary"
+            assert d.controller.active_role(0) == "primary"
             assert "ha_failback" in types(d)
             st = json.loads(json.dumps([e.as_dict() for e in d.events.events]))
             assert [e["type"] for e in st].index("ha_failover") < [e["type"] for e in st].index(
