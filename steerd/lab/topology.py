@@ -86,7 +86,8 @@ class Lab:
                 return t
         raise KeyError(name)
 
-    def up(self) -> "Lab":
+    def _namespaces(self, *sysctls: str) -> None:
+        """Fresh namespaces (and bpffs); *sysctls* set in each."""
         self.down()
         os.makedirs(os.path.dirname(self.bpffs), exist_ok=True)
         # bpffs mounted from the host's mount namespace, so the daemon, its
@@ -96,8 +97,12 @@ class Lab:
             sh("ip", "netns", "add", ns)
             ns_sh(ns, "ip", "link", "set", "lo", "up")
             # no DAD: addresses (link-local too) are usable at once, the lab is deterministic
-            sysctl(ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+            sysctl(ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+                   *sysctls)
         self._link(self.core, "up0", self.gw, "core0")
+
+    def up(self) -> "Lab":
+        self._namespaces()
         ns_sh(self.core, "ip", "addr", "add", f"{CORE4}/24", "dev", "up0")
         ns_sh(self.core, "ip", "-6", "addr", "add", f"{CORE6}/64", "dev", "up0", "nodad")
         ns_sh(self.gw, "ip", "addr", "add", f"{GW4}/24", "dev", "core0")
@@ -264,17 +269,9 @@ class HubLab(Lab):
         raise KeyError(name)
 
     def up(self) -> "HubLab":
-        self.down()
-        os.makedirs(os.path.dirname(self.bpffs), exist_ok=True)
-        sh("mount", "-t", "bpf", "bpf", os.path.dirname(self.bpffs))
-        for ns in (self.core, self.gw, self.site):
-            sh("ip", "netns", "add", ns)
-            ns_sh(ns, "ip", "link", "set", "lo", "up")
-            # new interfaces inherit these: no per-interface sysctl for thousands of them
-            sysctl(ns, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                   "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
-                   "net.ipv6.conf.default.disable_ipv6=1")
-        self._link(self.core, "up0", self.gw, "core0")
+        # new interfaces inherit these: no per-interface sysctl for thousands of them
+        self._namespaces("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                         "net.ipv6.conf.default.disable_ipv6=1")
         ns_sh(self.core, "ip", "addr", "add", f"{CORE4}/24", "dev", "up0")
         ns_sh(self.gw, "ip", "addr", "add", f"{GW4}/24", "dev", "core0")
         ns_sh(self.core, "ip", "route", "add", "default", "via", GW4)

@@ -39,8 +39,14 @@ def _free_port() -> int:
 
 @pytest.fixture
 def daemon(tmp_path):
-    raw = Lab("u").config(control_socket=str(tmp_path / "s.sock"),
-                          metrics={"listen": f"127.0.0.1:{_free_port()}"})
+    yield from running_daemon(Lab("u").config(), tmp_path)
+
+
+def running_daemon(raw: dict, tmp_path):
+    """A daemon on the fake data path for config *raw* (a dict), with a control
+    socket and metrics port of its own; stopped when the generator closes."""
+    raw = dict(raw, control_socket=str(tmp_path / "s.sock"),
+               metrics={"listen": f"127.0.0.1:{_free_port()}"})
     path = tmp_path / "steerd.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = parse_config(path.read_text(), str(path))
@@ -48,7 +54,7 @@ def daemon(tmp_path):
     loop = asyncio.new_event_loop()
     t = threading.Thread(target=loop.run_until_complete, args=(_run(d),), daemon=True)
     t.start()
-    for _ in range(200):
+    for _ in range(300):
         if d.controller is not None and _accepts(str(tmp_path / "s.sock")):
             break
         threading.Event().wait(0.02)

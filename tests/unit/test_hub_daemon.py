@@ -3,44 +3,23 @@
 reload that adds a site without touching the others' slot rows."""
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from steerd.cli import main as steerctl
 from steerd.cli import request, request_lines
-from steerd.config import parse_config
-from steerd.daemon import Daemon
-from steerd.dataplane import Layout
-from steerd.testing.fake_dataplane import FakeDataplane
 from steerd.lab.topology import HubLab
 
-from test_control import _free_port, _run
+from test_control import running_daemon
 
 
 @pytest.fixture
 def hub(tmp_path):
     lab = HubLab("u", 4, 6)
-    raw = lab.config(sites=range(3), control_socket=str(tmp_path / "s.sock"),
-                     metrics={"listen": f"127.0.0.1:{_free_port()}"})
-    path = tmp_path / "steerd.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    cfg = parse_config(path.read_text(), str(path))
-    d = Daemon(cfg, FakeDataplane(Layout.from_config(cfg)), probing=False)
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_until_complete, args=(_run(d),), daemon=True)
-    t.start()
-    for _ in range(300):
-        if (tmp_path / "s.sock").exists() and d.controller is not None:
-            break
-        threading.Event().wait(0.02)
-    d.lab = lab
-    yield d
-    loop.call_soon_threadsafe(d.stop_event.set)
-    t.join(5)
+    for d in running_daemon(lab.config(sites=range(3)), tmp_path):
+        d.lab = lab
+        yield d
 
 
 def test_status_has_sites_and_each_tunnel_its_site(hub):
