@@ -20,8 +20,8 @@ README = PKG.parent / "README.md"
 #: Lowest first. A module may import from its own layer or any layer below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared", ("abi", "yamlsrc", "units", "events", "mos")),
-    ("pure core", ("config", "ipsec", "health", "silence", "sla", "schedule", "selection", "rules",
-                   "controller", "status")),
+    ("pure core", ("config", "ipsec", "health", "silence", "sla", "schedule", "selection",
+                   "rules", "controller", "status")),
     ("kernel adapters", ("dataplane", "probe", "xfrm", "sdnotify")),
     ("daemon", ("staging", "control", "metrics", "hooks", "daemon")),
     ("front end", ("cli",)),
