@@ -18,7 +18,7 @@ from typing import Protocol
 
 from . import qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
-from .program import TUNNELS_PER_SITE, Classifier, ProgramParams, remove_pins
+from .program import TUNNELS_PER_SITE, Classifier, ProgramParams, remove_pins, tunnel_ids
 
 log = logging.getLogger("steerd.dataplane")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -245,7 +245,8 @@ class KernelDataplane:
 
     def _start_upstream(self) -> None:
         try:
-            self.upstream = upstream.UpstreamCounter([t.interface for t in self.layout.tunnels])
+            self.upstream = upstream.UpstreamCounter([t.interface for t in self.layout.tunnels],
+                                                     tunnel_ids(self.layout.max_sites))
         except Exception as exc:  # no forwarding role: probe timing only, keep steering
             log.error("upstream counter not loaded (dead tunnels found by probe timing only): %s",
                       exc)

@@ -30,10 +30,11 @@ Reading = tuple[int, float | None]
 class UpstreamCounter:
     """The loaded counter, attached to *interfaces* (tunnel index = position)."""
 
-    def __init__(self, interfaces: list[str]):
+    def __init__(self, interfaces: list[str], capacity: int = 0):
         from bcc import BPF  # late: unit tests and steerctl never need bcc
 
-        self.size = max(MAX_TUNNELS, len(interfaces))
+        # capacity: the most tunnels a reload may bring (hub mode: sites x 6)
+        self.size = max(MAX_TUNNELS, len(interfaces), capacity)
         src = (ebpf_dir() / "upstream.c").read_text()
         self.bpf = BPF(text=src.encode(), cflags=[f"-DN_TUNNELS={self.size}"])
         self.fd: int = self.bpf.load_func("count_upstream", BPF.SCHED_CLS).fd
