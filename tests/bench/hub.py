@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from benchout import record, verdict  # noqa: E402
 from footprint import measure  # noqa: E402  (same CPU/RSS method as tests/bench/footprint)
 
 from steerd.lab.impair import set_drop  # noqa: E402
@@ -97,7 +98,9 @@ def failover_trials(lab: HubLab, steerd: SteerdProcess, trials: int, flows: int)
                           pps=max(4000, flows * 20), first_flow=trial * 10_000, background=True)
             time.sleep(1.5 + rng.random())          # random phase against the 1 s probes
             snap = rx.snapshot()
-            k = rng.randrange(3)
+            # a random tunnel among those carrying flows (one just back up may carry none yet)
+            busy = sorted({k for k in range(3) for ifs in snap.values() if list(ifs) == [f"h{s}s{k}"]})
+            k = rng.choice(busy) if busy else rng.randrange(3)
             dead_if = f"h{s}s{k}"
             on_dead = [f for f, ifs in snap.items() if list(ifs) == [dead_if]]
             t0 = time.monotonic()
@@ -148,7 +151,7 @@ def run(nsites: int, trials: int, flows: int, steady: float) -> dict:
         lab.down()
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", default="1,10,100,1000")
     ap.add_argument("--trials", type=int, default=20)
@@ -175,8 +178,10 @@ def main() -> None:
               ("failover p95 <= 1.5 s", last["fo_p95"] <= 1.5),
               ("start <= 30 s", last["start"] <= 30)]
     print(f"goals at {last['sites']} sites: " +
-          ", ".join(f"{name}: {'OK' if ok else 'MISSED'}" for name, ok in checks))
+          ", ".join(f"{name}: {verdict(ok)}" for name, ok in checks))
+    record(rows=rows, baseline_ns=base)
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
