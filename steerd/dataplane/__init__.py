@@ -245,8 +245,10 @@ class KernelDataplane:
 
     def _start_upstream(self) -> None:
         try:
+            # room for the tunnels a reload may add, within the counter's one per-CPU
+            # value (6,144 entries do not fit: E2BIG; 1,024 do)
             self.upstream = upstream.UpstreamCounter([t.interface for t in self.layout.tunnels],
-                                                     tunnel_ids(self.layout.max_sites))
+                                                     min(tunnel_ids(self.layout.max_sites), 1024))
         except Exception as exc:  # no forwarding role: probe timing only, keep steering
             log.error("upstream counter not loaded (dead tunnels found by probe timing only): %s",
                       exc)
