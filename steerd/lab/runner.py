@@ -144,3 +144,14 @@ def flow_tunnels(per_flow: dict[int, dict[str, int]]) -> dict[int, str]:
 
 def split(per_flow: dict[int, dict[str, int]]) -> Counter:
     return Counter(flow_tunnels(per_flow).values())
+
+
+def wait_for(pred, timeout: float, step: float = 0.05):
+    """Poll *pred* until it returns something truthy (returned), or *timeout*
+    seconds pass (then its last value is returned, falsy)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if v := pred():
+            return v
+        time.sleep(step)
+    return pred()

@@ -7,19 +7,10 @@ import time
 import pytest
 
 from steerd.lab.impair import set_delay, set_drop
-from steerd.lab.runner import send, split
+from steerd.lab.runner import send, split, wait_for
 
 pytestmark = pytest.mark.kernel
 
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def tunnel(steerd, name: str) -> dict:

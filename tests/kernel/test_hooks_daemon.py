@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_sh
-from steerd.lab.runner import send
+from steerd.lab.runner import send, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -35,14 +35,6 @@ def metric(lab, name: str, hook: str) -> float:
                 return s.value
     raise KeyError(name)
 
-
-def wait_for(pred, timeout: float):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if v := pred():
-            return v
-        time.sleep(0.05)
-    return pred()
 
 
 def test_slow_hook_does_not_delay_failover_failing_hook_is_counted(lab, start_steerd, receiver):

@@ -13,7 +13,7 @@ import yaml
 from steerd.cli import request_lines
 from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_sh
-from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send
+from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send, wait_for
 from steerd.lab.topology import HubLab, hub_site_range
 
 pytestmark = pytest.mark.kernel
@@ -66,14 +66,6 @@ def expected_shares(lab: HubLab, s: int) -> list[float]:
     bw = [lab.bandwidth(s, k) for k in range(3)]
     return [b / sum(bw) for b in bw]
 
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if v := pred():
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def test_three_sites_split_by_their_own_weights(hub_factory):

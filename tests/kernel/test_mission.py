@@ -27,19 +27,10 @@ from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_popen, ns_sh
 from steerd.lab.reflect import ensure_reflector
 from steerd.lab.reflector import write_impairment
-from steerd.lab.runner import send, split
+from steerd.lab.runner import send, split, wait_for
 
 pytestmark = pytest.mark.kernel
 
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def tunnels(steerd) -> dict[str, dict]:

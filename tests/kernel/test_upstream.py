@@ -11,8 +11,7 @@ import pytest
 
 from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_sh
-from steerd.lab.runner import send, send_up
-from test_failover import wait_for
+from steerd.lab.runner import send, send_up, wait_for
 
 pytestmark = pytest.mark.kernel
 
