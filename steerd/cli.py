@@ -101,7 +101,8 @@ def render_status(st: dict[str, Any], bars: bool = False) -> str:
         share = f"{t['share'] * 100:5.1f}%"
         if bars:
             share += " " + "#" * round(t["share"] * 20)
-        rows.append([t["name"], t["ha_role"], t["wan"], t["interface"], t["state"],
+        rows.append([t["name"], t["ha_role"], t["wan"], t["interface"],
+                     "drained" if t.get("drained") else t["state"],
                      _fmt(t["rtt_ms"], " ms", 2), _fmt(t["jitter_ms"], " ms", 2),
                      _fmt(t["loss_pct"], " %"), _fmt(t.get("mos"), "", 2),
                      f"{t['weight'] * 100:.1f}%", share,
@@ -272,6 +273,30 @@ def ipsec_render(config_path: str, secrets: str | None, show_secrets: bool) -> N
     except ValidationError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+
+
+@main.group()
+def tunnel() -> None:
+    """Take a tunnel out of service for maintenance, and back."""
+
+
+@tunnel.command("drain")
+@click.argument("name")
+@click.pass_obj
+def tunnel_drain(sock: str, name: str) -> None:
+    """Move NAME's flows to the other tunnels as on a link down (reason
+    "drained"); it stays drained across restarts until undrained."""
+    request(sock, {"cmd": "tunnel_drain", "tunnel": name})
+    click.echo(f"{name}: drained (steerctl tunnel undrain {name} puts it back)")
+
+
+@tunnel.command("undrain")
+@click.argument("name")
+@click.pass_obj
+def tunnel_undrain(sock: str, name: str) -> None:
+    """Put NAME back in service (as on a link up, if probing says it is up)."""
+    request(sock, {"cmd": "tunnel_undrain", "tunnel": name})
+    click.echo(f"{name}: back in service")
 
 
 @main.command()

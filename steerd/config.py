@@ -169,6 +169,7 @@ class SiteConfig:
     rules_file: str | None = None
     events_file: str | None = None
     events_keep: int = 1000
+    state_dir: str = "/var/lib/steerd"   # what outlives restarts (drained tunnels)
     qos_default_priority: int = 128
     tunnels: tuple[Tunnel, ...] = ()
     dataplane: DataplaneConfig = DataplaneConfig()
@@ -1033,6 +1034,7 @@ _TOP = {
     "control_group": _Field(_string(re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?"),
                                     "a group name such as steerd")),
     "rules_file": _Field(_file_path),
+    "state_dir": _Field(_abspath),
     "events": _Field(_sub(_EVENTS)),
     "qos": _Field(_sub(_QOS)),
     "tunnels": _Field(_tunnels),

@@ -3,6 +3,7 @@
     {"cmd": "status", "site": name?}           -> {"ok": true, "status": {...}}
     {"cmd": "events", "since": 0, "follow": b} -> {"ok": true, "events": [...]} then one line per event
     {"cmd": "rules_list"} / {"cmd": "rules_apply", "text": ..., "path": ..., "dry_run": b} / {"cmd": "reload"}
+    {"cmd": "tunnel_drain" | "tunnel_undrain", "tunnel": NAME}
 
 The socket is root-owned, mode 0660 with the configured group: members may
 read; commands that change state need uid 0 (checked with SO_PEERCRED).
@@ -32,7 +33,7 @@ MAX_CLIENTS_PER_USER = 8     # per non-root uid: a group member cannot take the 
 ROOT_RESERVED = 16           # of MAX_CLIENTS, never given to non-root users
 READ_TIMEOUT = 10.0          # to send the request line
 WRITE_TIMEOUT = 10.0         # a follower that stops reading is dropped after this
-WRITE_COMMANDS = {"rules_apply", "reload"}
+WRITE_COMMANDS = {"rules_apply", "reload", "tunnel_drain", "tunnel_undrain"}
 
 
 class AlreadyRunning(RuntimeError):
@@ -244,6 +245,8 @@ async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
         return await daemon.rules_apply(text, path, bool(req.get("dry_run")))
     if cmd == "reload":
         return await daemon.reload()
+    if cmd in ("tunnel_drain", "tunnel_undrain"):
+        return daemon.set_drained(str(req.get("tunnel")), cmd == "tunnel_drain")
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

@@ -44,7 +44,9 @@ class Controller:
         self.cfg = cfg
         n = len(cfg.tunnels)
         initial = cfg.health.initial_state
-        self.states = [initial] * n
+        self.states = [initial] * n       # what selection uses: measured, or down if drained
+        self.measured = [initial] * n     # what probing says
+        self.drained: set[int] = set()    # taken out of service by the operator
         self.factors = [1.0] * n
         self.ha = selection.HaSelector(cfg.tunnels, cfg.failback_hold, now)
         self.weights = [0.0] * n
@@ -54,12 +56,36 @@ class Controller:
     # -- inputs -------------------------------------------------------------
     def link_state(self, index: int, state: str, now: float) -> tuple[Programming | None, list[Note]]:
         """A tunnel changed state. Down (or back up) reprograms at once."""
+        self.measured[index] = state
+        if index in self.drained:
+            return None, []          # out of service whatever probing says
+        return self._set(index, state, now)
+
+    def drain(self, index: int, drained: bool, now: float) -> tuple[Programming | None, list[Note]]:
+        """Take a tunnel out of service (maintenance) or put it back: its flows
+        move as on a link down, and back as on a link up (event reason
+        "drained" / "undrained"); probing goes on meanwhile."""
+        if drained == (index in self.drained):
+            return None, []
+        old = self.states[index]
+        if drained:
+            self.drained.add(index)
+            new, kind, reason = "down", "link_down", "drained"
+        else:
+            self.drained.discard(index)
+            new, kind, reason = self.measured[index], "link_up", "undrained"
+        prog, notes = self._set(index, new, now, reason)
+        if (old == "down") != (new == "down"):
+            notes = [Note(kind, reason, self.cfg.tunnels[index].name, {"old": old, "new": new})] + notes
+        return prog, notes
+
+    def _set(self, index: int, state: str, now: float, why: str = "") -> tuple[Programming | None, list[Note]]:
         old = self.states[index]
         self.states[index] = state
         notes = self._ha(now)
         if (old == "down") != (state == "down") or any(n.type in ("ha_failover", "ha_failback") for n in notes):
             prog, more = self._program(now, force=True,
-                                       reason=f"{self.cfg.tunnels[index].name} {state}", notes=notes)
+                                       reason=f"{self.cfg.tunnels[index].name} {why or state}", notes=notes)
             return prog, notes + more
         return None, notes
 
@@ -85,7 +111,10 @@ class Controller:
         old_index = {t.name: i for i, t in enumerate(old.cfg.tunnels)}
         for i, t in enumerate(self.cfg.tunnels):
             if t.name in old_index:
-                self.states[i] = old.states[old_index[t.name]]
+                j = old_index[t.name]
+                self.states[i], self.measured[i] = old.states[j], old.measured[j]
+                if j in old.drained:
+                    self.drained.add(i)
         self.ha.carry_over(old.ha)
         return self._ha(now)
 
@@ -212,11 +241,24 @@ class Hub:
     def state_of(self, index: int) -> str:
         return self.sites[self.cfg.site_of(index)].states[self.cfg.position_of(index)]
 
+    def measured_of(self, index: int) -> str:
+        """What probing says of tunnel *index* (state_of is down while drained)."""
+        return self.sites[self.cfg.site_of(index)].measured[self.cfg.position_of(index)]
+
+    def drained_of(self, index: int) -> bool:
+        return self.cfg.position_of(index) in self.sites[self.cfg.site_of(index)].drained
+
     def link_state(self, index: int, state: str, now: float
                    ) -> tuple[Programming | None, list[Note]]:
         """A tunnel changed state: only its site decides (and reprograms)."""
         i = self.cfg.site_of(index)
         return self._out(i, self.sites[i].link_state(self.cfg.position_of(index), state, now))
+
+    def drain(self, index: int, drained: bool, now: float
+              ) -> tuple[Programming | None, list[Note]]:
+        """`steerctl tunnel drain|undrain`: only the tunnel's site decides."""
+        i = self.cfg.site_of(index)
+        return self._out(i, self.sites[i].drain(self.cfg.position_of(index), drained, now))
 
     def tick(self, now: float) -> list[tuple[Programming | None, list[Note]]]:
         """Failback holds that may have expired (sites off their primaries only)."""
@@ -258,12 +300,19 @@ class Hub:
         start fresh. Nothing of an unchanged site moves. Returns the HA notes
         the new tunnel sets cause (per site)."""
         by_name = {st.name: i for i, st in enumerate(old.cfg.sites)}
+        drained = {t.name for k, t in enumerate(old.cfg.tunnels) if old.drained_of(k)}
         notes: list[Note] = []
         for i, st in enumerate(self.cfg.sites):
+            c = self.sites[i]
+            for p, t in enumerate(st.tunnels):   # a drained tunnel stays so, even moved to another site
+                if t.name in drained:
+                    c.drained.add(p)
+                    c.states[p] = "down"
             j = by_name.get(st.name)
-            if j is None:
+            if j is None:   # a new site: fresh, but its drained tunnels count for HA
+                notes += self._notes(i, c._ha(now))
                 continue
-            oc, c = old.sites[j], self.sites[i]
+            oc = old.sites[j]
             old_names = [t.name for t in oc.cfg.tunnels]
             new_index = {t.name: p for p, t in enumerate(st.tunnels)}
             gone = len(st.tunnels)  # an index build_slots frees

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import deque
 
-from . import control, metrics, sdnotify, silence, staging
+from . import control, drain, metrics, sdnotify, silence, staging
 from .config import SiteConfig, load_config
 from .controller import Hub, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
@@ -49,6 +49,7 @@ class Daemon:
         self.dp = dataplane or KernelDataplane(Layout.from_config(cfg, _recorded_layout(cfg)))
         self.events = EventLog(cfg.events_keep, cfg.events_file)
         self.hooks = HookRunner(cfg.hooks, self.events)
+        self.drained = drain.load(drain.path_in(cfg.state_dir))   # tunnel names
         self.probing = probing
         self.controller: Hub | None = None
         self.monitors: list = []
@@ -252,7 +253,7 @@ class Daemon:
             self.wakes.set(i, self.monitors[i].next_wakeup())
             # SAs back and the probes never stopped answering: up again at once
             name = self.cfg.tunnels[i].name
-            if name not in self.sa_down and self.controller.state_of(i) == "down" \
+            if name not in self.sa_down and self.controller.measured_of(i) == "down" \
                     and self.monitors[i].state != "down":
                 self.link_changes += 1
                 self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
@@ -303,15 +304,15 @@ class Daemon:
             self.events.emit("sa_installed", reason, name)
             return
         self.sa_down.add(name)
-        if self.controller.state_of(i) != "down":
+        if self.controller.measured_of(i) != "down":
             self.link_changes += 1
-            old = self.controller.state_of(i)
+            old = self.controller.measured_of(i)
             self.apply(*self.controller.link_state(i, "down", now))
             self.events.emit("link_down", reason, name, old=old, new="down", **self.site_of(i))
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         for tr in transitions:
-            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.state_of(i) == "down"):
+            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.measured_of(i) == "down"):
                 continue  # no SA: probes cannot bring it up, and it is down already
             self.link_changes += 1
             kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[tr.new]
@@ -483,6 +484,8 @@ class Daemon:
         now = time.monotonic()
         self.controller = self._hub(self.cfg, now,
                                     {k: v.tunnel for k, v in adopted.items()} if adopted else None)
+        for name in sorted(self.drained & {t.name for t in self.cfg.tunnels}):   # kept across restarts
+            self.apply(None, self.controller.drain(self.cfg.index_of(name), True, now)[1])
         if self.ruleset is not None:
             for i, sid in enumerate(self.controller.site_ids):
                 self.rulemaps.set_wan_tunnels(self.wan_table(i), sid)
@@ -554,6 +557,21 @@ class Daemon:
             self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits),
                                 sites=self.wan_rows(ctl))
             self.ruleset = ruleset
+
+    def set_drained(self, name: str, on: bool) -> dict:
+        """`steerctl tunnel drain|undrain NAME`: the controller moves the flows,
+        the record (written first) keeps it so across restarts."""
+        if name not in {t.name for t in self.cfg.tunnels}:
+            return {"ok": False, "error": f"no tunnel {name!r} (tunnels: "
+                                          f"{', '.join(t.name for t in self.cfg.tunnels)})"}
+        names = self.drained | {name} if on else self.drained - {name}
+        try:
+            drain.save(drain.path_in(self.cfg.state_dir), names)
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot record it in {self.cfg.state_dir}: {exc}"}
+        self.drained = names
+        self.apply(*self.controller.drain(self.cfg.index_of(name), on, time.monotonic()))
+        return {"ok": True, "tunnel": name, "drained": on}
 
     async def apply_qos(self) -> None:
         """Caps and priority bands follow the config and the rules' priorities."""
@@ -679,6 +697,7 @@ class Daemon:
         self.cfg, self.controller = cfg, ctl
         new_names = {t.name for t in cfg.tunnels}
         self.sa_down &= new_names
+        self.drained &= new_names
         results = ctl.rebalance(self.factors(), now, force=True,
                                 load=None if relayout else self.dp.slot_load)
         if relayout:

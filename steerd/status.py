@@ -33,6 +33,7 @@ def tunnel_rows(daemon, site: str | None = None) -> list[dict[str, Any]]:
         rows.append({
             "name": t.name, "site": site_name, "ha_role": t.ha_role, "wan": t.wan,
             "interface": t.interface, "state": states[i],
+            "drained": c.drained_of(i),
             "rtt_ms": _ms(st.rtt_mean) if st else None,
             "rtt_p50_ms": _ms(st.rtt_p50) if st else None,
             "jitter_ms": _ms(st.jitter) if st else None,

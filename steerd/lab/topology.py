@@ -168,6 +168,7 @@ class Lab:
             "network_ranges": {"lan": STEERED4, "lan6": STEERED6},
             "metrics": {"listen": "127.0.0.1:9469"},  # inside the gw netns: no clash
             "control_socket": self.socket,
+            "state_dir": self.run_dir,
             "dataplane": {"bpffs": self.bpffs},
             "tunnels": tunnels,
         }

@@ -1,0 +1,176 @@
+"""Draining a tunnel for maintenance (steerctl tunnel drain/undrain): the
+controller's decision, the record that keeps it across restarts, and the
+command through a daemon on the fake data path (no root)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from steerd import drain
+from steerd.cli import main as steerctl
+from steerd.config import parse_config
+from steerd.controller import Controller
+from steerd.daemon import Daemon
+from steerd.dataplane import Layout
+from steerd.lab.topology import Lab
+from steerd.testing.fake_dataplane import FakeDataplane
+
+
+def cfg(**top):
+    return parse_config(yaml.safe_dump(Lab("u").config(**top), sort_keys=False), "lab.yaml")
+
+
+def started() -> Controller:
+    c = Controller(cfg(), now=0.0)
+    c.rebalance([1.0] * 6, now=0.0)
+    return c
+
+
+# ------------------------------------------------------------------ the decision
+
+def test_drain_moves_the_tunnels_flows_as_a_link_down_would():
+    down, drained = started(), started()
+    by_link = down.link_state(1, "down", now=1.0)[0]
+    prog, notes = drained.drain(1, True, now=1.0)
+    assert prog.slots == by_link.slots and prog.usable == by_link.usable
+    assert prog.wan_tunnels["wan2"] is None
+    assert (notes[0].type, notes[0].reason, notes[0].tunnel) == ("link_down", "drained", "pri-wan2")
+    assert notes[0].extra == {"old": "up", "new": "down"}
+    assert [n.reason for n in notes if n.type == "rebalance"] == ["pri-wan2 drained"]
+    assert drained.shares()[1] == 0.0
+
+
+def test_undrain_brings_it_back_as_a_link_up():
+    c = started()
+    c.drain(1, True, now=1.0)
+    prog, notes = c.drain(1, False, now=2.0)
+    assert prog.usable[1] and c.shares()[1] > 0.25
+    assert (notes[0].type, notes[0].reason) == ("link_up", "undrained")
+
+
+def test_probing_while_drained_changes_nothing_and_undrain_uses_what_it_says():
+    c = started()
+    c.drain(1, True, now=1.0)
+    assert c.link_state(1, "down", now=2.0) == (None, [])
+    assert c.link_state(1, "up", now=3.0) == (None, [])
+    c.link_state(1, "down", now=4.0)
+    prog, notes = c.drain(1, False, now=5.0)          # still down by probing: stays out
+    assert c.states[1] == "down" and not any(n.type == "link_up" for n in notes)
+    assert c.link_state(1, "up", now=6.0)[0].usable[1]   # and comes back when probing says so
+
+
+def test_draining_every_primary_fails_over_and_undrain_fails_back_after_the_hold():
+    c = Controller(cfg(failback_hold="3s"), now=0.0)
+    c.rebalance([1.0] * 6, now=0.0)
+    notes = []
+    for i in (0, 1, 2):
+        notes += c.drain(i, True, now=1.0)[1]
+    assert c.ha.active == "secondary" and "ha_failover" in [n.type for n in notes]
+    assert c.shares()[3:] != [0.0, 0.0, 0.0] and c.shares()[:3] == [0.0, 0.0, 0.0]
+    c.drain(2, False, now=2.0)
+    assert c.ha.active == "secondary"                 # the failback hold applies
+    assert "ha_failback" in [n.type for n in c.tick(now=5.5)[1]]
+
+
+def test_drain_twice_or_undrain_a_tunnel_in_service_is_a_no_op():
+    c = started()
+    assert c.drain(0, False, now=1.0) == (None, [])
+    c.drain(0, True, now=1.0)
+    assert c.drain(0, True, now=2.0) == (None, [])
+
+
+# ------------------------------------------------------------------ the record
+
+def test_record_round_trip_and_absent_file(tmp_path):
+    path = drain.path_in(str(tmp_path / "state"))
+    assert drain.load(path) == set()
+    drain.save(path, {"pri-wan2", "sec-wan1"})
+    assert drain.load(path) == {"pri-wan2", "sec-wan1"}
+    assert json.loads(open(path).read()) == {"drained": ["pri-wan2", "sec-wan1"]}
+
+
+# ------------------------------------------------------------------ through the daemon
+
+def accepts(path: str) -> bool:
+    """The socket listens (it exists from bind(), a moment before listen())."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_daemon(tmp_path):
+    raw = Lab("u").config(control_socket=str(tmp_path / "s.sock"), state_dir=str(tmp_path / "state"),
+                          metrics={"listen": f"127.0.0.1:{free_port()}"})
+    path = tmp_path / "steerd.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    c = parse_config(path.read_text(), str(path))
+    d = Daemon(c, FakeDataplane(Layout.from_config(c)), probing=False)
+    d._install_signals = lambda loop: None
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_until_complete, args=(d.run(),), daemon=True)
+    t.start()
+    for _ in range(250):
+        if d.controller is not None and accepts(str(tmp_path / "s.sock")):
+            break
+        threading.Event().wait(0.02)
+
+    def stop():
+        loop.call_soon_threadsafe(d.stop_event.set)
+        t.join(5)
+    return d, stop
+
+
+def ctl(tmp_path, *args):
+    return CliRunner().invoke(steerctl, ["--socket", str(tmp_path / "s.sock"), *args])
+
+
+def test_drain_command_persists_across_a_restart_until_undrained(tmp_path):
+    d, stop = run_daemon(tmp_path)
+    try:
+        res = ctl(tmp_path, "tunnel", "drain", "pri-wan1")
+        assert res.exit_code == 0 and "pri-wan1: drained" in res.output, res.output
+        st = json.loads(ctl(tmp_path, "status", "--json").output)
+        p1 = next(t for t in st["tunnels"] if t["name"] == "pri-wan1")
+        assert p1["drained"] is True and p1["share"] == 0 and p1["state"] == "down"
+        assert "drained" in ctl(tmp_path, "status").output
+        ev = [e.as_dict() for e in d.events.since() if e.type == "link_down"]
+        assert ev and ev[-1]["reason"] == "drained" and ev[-1]["tunnel"] == "pri-wan1"
+        bad = ctl(tmp_path, "tunnel", "drain", "pri-wan9")
+        assert bad.exit_code != 0 and "no tunnel 'pri-wan9'" in bad.output
+    finally:
+        stop()
+
+    d, stop = run_daemon(tmp_path)                     # a restart: still drained
+    try:
+        assert d.controller.shares()[0] == 0.0 and 0 in d.controller.drained
+        assert ctl(tmp_path, "tunnel", "undrain", "pri-wan1").exit_code == 0
+        assert d.controller.shares()[0] > 0.5
+    finally:
+        stop()
+    assert drain.load(drain.path_in(str(tmp_path / "state"))) == set()
+
+    d, stop = run_daemon(tmp_path)                     # and undrained stays undrained
+    try:
+        assert not d.controller.drained and d.controller.shares()[0] > 0.5
+    finally:
+        stop()
+
+
+def test_state_dir_must_be_absolute():
+    with pytest.raises(Exception, match="state_dir.*absolute path"):
+        cfg(state_dir="relative/dir")
