@@ -304,6 +304,7 @@ class HubLab(Lab):
             "ingress": ["core0"],
             "metrics": {"listen": "127.0.0.1:9469"},
             "control_socket": self.socket,
+            "state_dir": self.run_dir,
             "dataplane": {"bpffs": self.bpffs},
             "sites": [{"site": self.site_name(s), "network_ranges": {"lan": hub_site_range(s)},
                        "tunnels": [tun(t) for t in self.tunnels if t.site == s]} for s in chosen],

@@ -45,7 +45,7 @@ def daemon(tmp_path):
 def running_daemon(raw: dict, tmp_path):
     """A daemon on the fake data path for config *raw* (a dict), with a control
     socket and metrics port of its own; stopped when the generator closes."""
-    raw = dict(raw, control_socket=str(tmp_path / "s.sock"),
+    raw = dict(raw, control_socket=str(tmp_path / "s.sock"), state_dir=str(tmp_path / "state"),
                metrics={"listen": f"127.0.0.1:{_free_port()}"})
     path = tmp_path / "steerd.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -15,11 +15,13 @@ from click.testing import CliRunner
 from steerd import drain
 from steerd.cli import main as steerctl
 from steerd.config import parse_config
-from steerd.controller import Controller
+from steerd.controller import Controller, Hub
 from steerd.daemon import Daemon
 from steerd.dataplane import Layout
-from steerd.lab.topology import Lab
+from steerd.lab.topology import HubLab, Lab
 from steerd.testing.fake_dataplane import FakeDataplane
+
+from test_control import running_daemon
 
 
 def cfg(**top):
@@ -157,7 +159,7 @@ def test_drain_command_persists_across_a_restart_until_undrained(tmp_path):
 
     d, stop = run_daemon(tmp_path)                     # a restart: still drained
     try:
-        assert d.controller.shares()[0] == 0.0 and 0 in d.controller.drained
+        assert d.controller.shares()[0] == 0.0 and d.controller.drained_of(0)
         assert ctl(tmp_path, "tunnel", "undrain", "pri-wan1").exit_code == 0
         assert d.controller.shares()[0] > 0.5
     finally:
@@ -166,7 +168,7 @@ def test_drain_command_persists_across_a_restart_until_undrained(tmp_path):
 
     d, stop = run_daemon(tmp_path)                     # and undrained stays undrained
     try:
-        assert not d.controller.drained and d.controller.shares()[0] > 0.5
+        assert not d.controller.drained_of(0) and d.controller.shares()[0] > 0.5
     finally:
         stop()
 
@@ -174,3 +176,76 @@ def test_drain_command_persists_across_a_restart_until_undrained(tmp_path):
 def test_state_dir_must_be_absolute():
     with pytest.raises(Exception, match="state_dir.*absolute path"):
         cfg(state_dir="relative/dir")
+
+
+# ------------------------------------------------------------------ hub mode
+
+def hub_raw(tmp_path, sites: int = 2) -> dict:
+    return HubLab("u", sites, 6).config(state_dir=str(tmp_path / "state"))
+
+
+def test_hub_drain_moves_only_the_tunnels_own_site():
+    """Two sites: draining a tunnel of site0 reprograms site0 only, away from
+    that tunnel; site1's slot table does not move."""
+    c = parse_config(yaml.safe_dump(HubLab("u", 2, 6).config(), sort_keys=False), "hub.yaml")
+    h = Hub(c, 0.0)
+    h.rebalance([1.0] * 12, 0.0)
+    before = [list(s.slots) for s in h.sites]
+    prog, notes = h.drain(c.index_of("s0-pri-wan2"), True, 1.0)
+    assert prog is not None and prog.site == 0 and 1 not in prog.slots
+    assert (notes[0].type, notes[0].reason, notes[0].extra["site"]) == ("link_down", "drained", "site0")
+    assert [list(s.slots) for s in h.sites][1] == before[1]
+    assert h.drained_of(1) and not h.drained_of(7) and h.state_of(1) == "down"
+    assert h.shares()[1] == 0.0 and h.shares()[7] > 0
+
+
+def test_hub_carry_over_keeps_a_drained_tunnel_drained_even_moved_to_another_site():
+    c2 = parse_config(yaml.safe_dump(HubLab("u", 2, 6).config(), sort_keys=False), "hub.yaml")
+    old = Hub(c2, 0.0)
+    old.rebalance([1.0] * 12, 0.0)
+    old.link_state(7, "degraded", 0.5)
+    old.drain(7, True, 1.0)                          # s1-pri-wan2, probed degraded
+    doc = HubLab("u", 3, 6).config()
+    doc["sites"][2]["tunnels"][1] = doc["sites"][1]["tunnels"].pop(1)   # to site2, in place of its own
+    doc["sites"][0]["tunnels"][1]["name"] = "renamed"
+    c3 = parse_config(yaml.safe_dump(doc, sort_keys=False), "hub.yaml")
+    new = Hub(c3, 2.0)
+    new.carry_over(old, 2.0)
+    moved = c3.index_of("s1-pri-wan2")
+    assert c3.site_of(moved) == 2 and new.drained_of(moved) and new.state_of(moved) == "down"
+    assert [k for k in range(len(c3.tunnels)) if new.drained_of(k)] == [moved]
+    same = Hub(c2, 2.0)                              # same config: measured state kept too
+    same.carry_over(old, 2.0)
+    assert same.drained_of(7) and same.measured_of(7) == "degraded"
+    assert same.drain(7, False, 3.0)[1][0].reason == "undrained" and same.state_of(7) == "degraded"
+
+
+def test_hub_daemon_drain_survives_reload_and_restart(tmp_path):
+    gen = running_daemon(hub_raw(tmp_path), tmp_path)
+    d = next(gen)
+    try:
+        before = {k: list(v.tunnel) for k, v in d.dp.slots.items()}
+        res = ctl(tmp_path, "tunnel", "drain", "s1-pri-wan1")
+        assert res.exit_code == 0, res.output
+        after = {k: list(v.tunnel) for k, v in d.dp.slots.items()}
+        assert after[0] == before[0]                 # the other site: not a slot moved
+        assert 6 in before[1] and 6 not in after[1]  # site id 1, position 0
+        with open(d.cfg.path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(dict(hub_raw(tmp_path), control_socket=d.cfg.control_socket,
+                                metrics={"listen": d.cfg.metrics_listen}), f, sort_keys=False)
+        assert ctl(tmp_path, "reload").exit_code == 0
+        st = json.loads(ctl(tmp_path, "status", "--json").output)
+        row = next(t for t in st["tunnels"] if t["name"] == "s1-pri-wan1")
+        assert row["drained"] is True and row["state"] == "down" and row["share"] == 0
+        assert 6 not in d.dp.slots[1].tunnel
+    finally:
+        next(gen, None)   # stops the daemon
+    gen = running_daemon(hub_raw(tmp_path), tmp_path)   # a restart
+    d = next(gen)
+    try:
+        k = d.cfg.index_of("s1-pri-wan1")
+        assert d.controller.drained_of(k) and 6 not in d.dp.slots[1].tunnel
+        assert ctl(tmp_path, "tunnel", "undrain", "s1-pri-wan1").exit_code == 0
+        assert not d.controller.drained_of(k) and 6 in d.dp.slots[1].tunnel
+    finally:
+        next(gen, None)   # stops the daemon
