@@ -3,10 +3,7 @@ controller's decision, the record that keeps it across restarts, and the
 command through a daemon on the fake data path (no root)."""
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 
 import pytest
 import yaml
@@ -16,10 +13,7 @@ from steerd import drain
 from steerd.cli import main as steerctl
 from steerd.config import parse_config
 from steerd.controller import Controller, Hub
-from steerd.daemon import Daemon
-from steerd.dataplane import Layout
 from steerd.lab.topology import HubLab, Lab
-from steerd.testing.fake_dataplane import FakeDataplane
 
 from test_control import running_daemon
 
@@ -99,42 +93,11 @@ def test_record_round_trip_and_absent_file(tmp_path):
 
 # ------------------------------------------------------------------ through the daemon
 
-def accepts(path: str) -> bool:
-    """The socket listens (it exists from bind(), a moment before listen())."""
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(path)
-            return True
-        except OSError:
-            return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_daemon(tmp_path):
-    raw = Lab("u").config(control_socket=str(tmp_path / "s.sock"), state_dir=str(tmp_path / "state"),
-                          metrics={"listen": f"127.0.0.1:{free_port()}"})
-    path = tmp_path / "steerd.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    c = parse_config(path.read_text(), str(path))
-    d = Daemon(c, FakeDataplane(Layout.from_config(c)), probing=False)
-    d._install_signals = lambda loop: None
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_until_complete, args=(d.run(),), daemon=True)
-    t.start()
-    for _ in range(250):
-        if d.controller is not None and accepts(str(tmp_path / "s.sock")):
-            break
-        threading.Event().wait(0.02)
-
-    def stop():
-        loop.call_soon_threadsafe(d.stop_event.set)
-        t.join(5)
-    return d, stop
+    """A daemon on the fake data path with its state in tmp_path/state, and
+    how to stop it."""
+    gen = running_daemon(Lab("u").config(), tmp_path)
+    return next(gen), lambda: next(gen, None)
 
 
 def ctl(tmp_path, *args):
