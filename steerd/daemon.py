@@ -697,7 +697,12 @@ class Daemon:
         self.cfg, self.controller = cfg, ctl
         new_names = {t.name for t in cfg.tunnels}
         self.sa_down &= new_names
-        self.drained &= new_names
+        if self.drained - new_names:   # a removed tunnel's drain is forgotten, on disk too
+            self.drained &= new_names
+            try:
+                drain.save(drain.path_in(cfg.state_dir), self.drained)
+            except OSError as exc:
+                log.warning("cannot update the drain record in %s: %s", cfg.state_dir, exc)
         results = ctl.rebalance(self.factors(), now, force=True,
                                 load=None if relayout else self.dp.slot_load)
         if relayout:

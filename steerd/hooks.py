@@ -24,6 +24,7 @@ hook's queue is full (QUEUE events behind a stuck script) count as failures
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -118,12 +119,11 @@ class HookRunner:
         try:
             _, err = await asyncio.wait_for(proc.communicate(data), hook.timeout)
         except asyncio.TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
+            await _kill_and_reap(proc)
             log.error("hook %s (%s): killed after the %gs timeout", hook.run, ev.type, hook.timeout)
             return False
         except asyncio.CancelledError:   # steerd stops or reloads: no script outlives its run
-            _kill_group(proc.pid)
+            await _kill_and_reap(proc)
             raise
         text = err.decode(errors="replace").strip()[-500:] if err else ""
         if proc.returncode != 0:
@@ -154,3 +154,12 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill the script's group, then read its pipe to the end and reap it, so
+    that neither the process nor its pipe outlives the run (bounded, should a
+    grandchild have left the group and kept the pipe open)."""
+    _kill_group(proc.pid)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.communicate(), 1.0)

@@ -212,3 +212,24 @@ def test_hub_daemon_drain_survives_reload_and_restart(tmp_path):
         assert not d.controller.drained_of(k) and 6 in d.dp.slots[1].tunnel
     finally:
         next(gen, None)   # stops the daemon
+
+
+def test_reload_that_removes_a_drained_tunnel_forgets_its_drain_on_disk(tmp_path):
+    """A drained tunnel taken out of the config and put back later comes back
+    in service after a reload and after a restart alike (the record on disk
+    follows the running daemon, not the tunnel's past)."""
+    gen = running_daemon(hub_raw(tmp_path), tmp_path)
+    d = next(gen)
+    record = drain.path_in(str(tmp_path / "state"))
+    try:
+        assert ctl(tmp_path, "tunnel", "drain", "s1-pri-wan1").exit_code == 0
+        assert drain.load(record) == {"s1-pri-wan1"}
+        doc = dict(hub_raw(tmp_path), control_socket=d.cfg.control_socket,
+                   metrics={"listen": d.cfg.metrics_listen})
+        doc["sites"] = [doc["sites"][0]]             # site s1 and its tunnels go
+        with open(d.cfg.path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        assert ctl(tmp_path, "reload").exit_code == 0
+        assert drain.load(record) == set()
+    finally:
+        next(gen, None)
