@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections import deque
+from typing import Sequence
 
 from . import control, drain, metrics, sdnotify, silence, staging
 from .config import SiteConfig, load_config
@@ -230,7 +231,6 @@ class Daemon:
                          for t in self.cfg.tunnels]
         self.probers = [self._prober(i, t, loop) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
-        self.upstream_at = now           # next reading of the data path's traffic counters
         self._schedule_all()
 
     def _schedule_all(self) -> None:
@@ -239,6 +239,10 @@ class Daemon:
         self.wakes = WakeQueue()
         for i, mon in enumerate(self.monitors):
             self.wakes.set(i, mon.next_wakeup())
+        # the data path's upstream counters, read at once: every tunnel once, then the busy ones
+        self.upstream_at = self.upstream_scan_at = time.monotonic()
+        self.upstream_seen: Sequence[int] = ()      # packets per tunnel at the last scan
+        self.upstream_watched: set[int] = set()     # tunnels read every silence.STEP
 
     def _prober(self, i: int, t, loop: asyncio.AbstractEventLoop):
         from .probe import Prober
@@ -322,22 +326,45 @@ class Daemon:
 
     def _read_upstream(self, now: float) -> None:
         """Traffic-driven suspicion: the data path's per-tunnel counters to the
-        monitors, every silence.STEP while one of them can use it."""
+        monitors. Every silence.IDLE_STEP a scan of the counters (a memory read)
+        finds the tunnels that received since the last one; those and the
+        watched ones (every silence.STEP) go to their monitors. A tunnel that
+        neither received nor is watched cannot become a suspect, and its
+        SilenceWatch counts its counter as held still: a hub's thousands of
+        quiet tunnels cost nothing between scans."""
         try:
-            readings = self.dp.traffic()
+            feed = set(self.upstream_watched)
+            if now >= self.upstream_scan_at:
+                rx = self.dp.upstream_packets()
+                if rx is None:
+                    raise LookupError("no upstream counter")
+                if len(rx) != len(self.upstream_seen):    # first scan: every tunnel
+                    feed.update(range(len(rx)))
+                else:
+                    feed.update(i for i, (a, b) in enumerate(zip(rx, self.upstream_seen)) if a != b)
+                self.upstream_seen = rx
+                self.upstream_scan_at = now + silence.IDLE_STEP
+            which = sorted(feed)
+            readings = self.dp.traffic(which)
+            if readings is None:
+                raise LookupError("no upstream counter")
         except Exception as exc:  # a failed map read must not stop the probing
-            log.error("upstream counters unreadable, probe timing only from now: %s", exc)
-            readings = None
-        if readings is None:
+            if not isinstance(exc, LookupError):
+                log.error("upstream counters unreadable, probe timing only from now: %s", exc)
             self.upstream_at = math.inf
             return
-        for i, (mon, reading) in enumerate(zip(self.monitors, readings)):
+        for i, reading in zip(which, readings):
+            mon = self.monitors[i]
             cause = mon.on_upstream(now, *reading)
             if cause:
                 log.debug("%s suspect: %s", mon.tunnel, cause)
             self.wakes.set(i, mon.next_wakeup())   # a suspect is probed at once
-        watched = any(m.upstream_watched(now) for m in self.monitors)
-        self.upstream_at = now + (silence.STEP if watched else silence.IDLE_STEP)
+            if mon.upstream_watched(now):
+                self.upstream_watched.add(i)
+            else:
+                self.upstream_watched.discard(i)
+        self.upstream_at = min(self.upstream_scan_at,
+                               now + silence.STEP if self.upstream_watched else math.inf)
 
     def _probe_once(self, now: float) -> None:
         if now >= self.upstream_at:

@@ -32,6 +32,13 @@ A silence is suspicious when all of these hold:
 One silence raises at most one suspicion. Silences are measured at the
 readings (the daemon reads every ``STEP`` while a tunnel is watched), so a
 silence is known to within a step; the latest arrival's time is the kernel's.
+
+Readings: a tunnel that is not watched and whose counter has not moved cannot
+become suspicious, so a caller may skip its readings (a hub's daemon reads
+only the tunnels that received since its last scan, and the watched ones).
+The rate is counted from the newest reading before the window, taken as the
+counter's value at the window's start: whether the readings between were
+made or skipped, the verdicts are the same.
 """
 from __future__ import annotations
 
@@ -81,9 +88,15 @@ class SilenceWatch:
         if self._rx is None or rx < self._rx:       # first reading, or counters restarted
             self._readings.clear()
             resumed = False
+        # the newest reading from before the window stands for the window's start:
+        # the counter held that value until the next reading, which a caller may
+        # skip while the counter does not move (see "Readings" above)
+        start = None
+        while self._readings and self._readings[0][0] < now - RATE_WINDOW:
+            start = self._readings.popleft()
+        if start is not None:
+            self._readings.appendleft((now - RATE_WINDOW, start[1]))
         self._readings.append((now, rx))
-        while self._readings[0][0] < now - RATE_WINDOW:
-            self._readings.popleft()
         while self._gaps and self._gaps[0][0] < now - HORIZON:
             self._gaps.popleft()
         if resumed:

@@ -14,7 +14,7 @@ import os
 import time
 from array import array
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from . import qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
@@ -177,7 +177,9 @@ class Dataplane(Protocol):
     def counters(self) -> list[tuple[int, int]]: ...
     def flow_counts(self) -> list[int]: ...
     def slot_load(self) -> list[int]: ...
-    def traffic(self) -> list[tuple[int, float | None, int]] | None: ...
+    def upstream_packets(self) -> Sequence[int] | None: ...
+    def traffic(self, which: list[int]) -> list[tuple[int, float | None, int]] | None: ...
+    def recount(self) -> list[str]: ...
     def cleanup(self) -> dict[str, int]: ...
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
     def relayout(self, new: Layout) -> None: ...
@@ -245,13 +247,23 @@ class KernelDataplane:
 
     def _start_upstream(self) -> None:
         try:
-            # room for the tunnels a reload may add, within the counter's one per-CPU
-            # value (6,144 entries do not fit: E2BIG; 1,024 do)
-            self.upstream = upstream.UpstreamCounter([t.interface for t in self.layout.tunnels],
-                                                     min(tunnel_ids(self.layout.max_sites), 1024))
+            # room for every tunnel id a reload may bring (max_sites x 6)
+            self.upstream = upstream.UpstreamCounter(tunnel_ids(self.layout.max_sites))
+            self.upstream.set_interfaces(self._tunnel_interfaces())
         except Exception as exc:  # no forwarding role: probe timing only, keep steering
             log.error("upstream counter not loaded (dead tunnels found by probe timing only): %s",
                       exc)
+            if self.upstream:
+                self.upstream.close()
+            self.upstream = None
+
+    def _tunnel_interfaces(self) -> dict[int, str]:
+        return {t.tid: t.interface for t in self.layout.tunnels}
+
+    def recount(self) -> list[str]:
+        """Tunnel interfaces created or recreated since: counted from now on.
+        Returns the ones still missing (none without the counter)."""
+        return self.upstream.set_interfaces(self._tunnel_interfaces()) if self.upstream else []
 
     def _map(self, name: str):
         from .rulemaps import _Map   # bcc-backed: imported late, like the program
@@ -349,7 +361,7 @@ class KernelDataplane:
         self.slots = {s.id: self.slots.get(s.id) or SlotTable([NO_TUNNEL] * n, [0] * n)
                       for s in new.sites}
         if self.upstream:
-            self.upstream.set_interfaces([t.interface for t in new.tunnels])
+            self.upstream.set_interfaces(self._tunnel_interfaces())
 
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
         """HTB caps with priority bands on capped tunnels' egress; none elsewhere.
@@ -421,14 +433,28 @@ class KernelDataplane:
             out.append((sum(row[0::2]), sum(row[1::2])))
         return out
 
-    def traffic(self) -> list[tuple[int, float | None, int]] | None:
-        """Per tunnel: packets up from the site, their latest arrival (monotonic s),
-        packets steered down (tstats). Two map reads whatever the tunnel count."""
+    def upstream_packets(self) -> array | None:
+        """Packets up from the site so far per configured tunnel (config order),
+        None without the counter: a memory read, to see which tunnels are busy."""
         if self.upstream is None:
             return None
-        down = {k: sum(c.packets for c in v) for k, v in self.prog.table("tstats").items_lookup_batch()}
-        return [(rx, last, down.get(t.tid, 0))
-                for t, (rx, last) in zip(self.layout.tunnels, self.upstream.read())]
+        return self.upstream.packets([t.tid for t in self.layout.tunnels])
+
+    def traffic(self, which: list[int]) -> list[tuple[int, float | None, int]] | None:
+        """For the configured tunnels *which* (config indexes): packets up from
+        the site, their latest arrival (monotonic s), packets steered down
+        (tstats). A memory read and one batch lookup of the ids they span."""
+        if self.upstream is None:
+            return None
+        if not which:
+            return []
+        from bcc.utils import get_possible_cpus
+        tids = [self.layout.tunnels[i].tid for i in which]
+        ncpu = len(get_possible_cpus())
+        lo, hi = min(tids), max(tids)
+        raw = array("Q", bytes(self._map("tstats").lookup_range(lo, hi - lo + 1, 16 * ncpu)))
+        down = [sum(raw[(t - lo) * 2 * ncpu:(t - lo + 1) * 2 * ncpu:2]) for t in tids]
+        return [(rx, last, tx) for (rx, last), tx in zip(self.upstream.read(tids), down)]
 
     def _live_flows(self):
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

@@ -65,8 +65,14 @@ class FakeDataplane:
     def slot_load(self) -> list[int]:
         return [0] * self.layout.nslots * (max(s.id for s in self.layout.sites) + 1)
 
-    def traffic(self) -> list[tuple[int, float | None, int]] | None:
+    def upstream_packets(self) -> list[int] | None:
         return None
+
+    def traffic(self, which: list[int]) -> list[tuple[int, float | None, int]] | None:
+        return None
+
+    def recount(self) -> list[str]:
+        return []
 
     def close(self) -> None:
         pass

@@ -173,6 +173,44 @@ def test_property_a_stopped_stream_is_suspected_within_threshold_plus_a_step(rat
     assert v.threshold < t - tr.up[-1] <= v.threshold + step + 1e-9
 
 
+def bursts(draw_rates: list[float], starts: list[float], lengths: list[float]) -> list[float]:
+    out: list[float] = []
+    for r, s, n in zip(draw_rates, starts, lengths):
+        out += paced(r, s, s + n)
+    return sorted(set(out))
+
+
+@settings(max_examples=80, deadline=None)
+@given(rates=st.lists(st.floats(0.5, 800), min_size=1, max_size=5),
+       starts=st.lists(st.floats(0, 12), min_size=5, max_size=5),
+       lengths=st.lists(st.floats(0.05, 4), min_size=5, max_size=5),
+       scan=st.sampled_from([0.1, 0.25]), limit=st.sampled_from([0.1, 1.0]))
+def test_property_skipping_readings_of_quiet_unwatched_tunnels_changes_no_verdict(
+        rates, starts, lengths, scan, limit):
+    """Read at every scan and every STEP while watched, or (as the daemon does)
+    only when its counter moved since the last scan or it is watched: the
+    watch says the same."""
+    tr = Traffic(bursts(rates, starts, lengths), paced(200, 0, 20.0))
+    dense, sparse = SilenceWatch(limit), SilenceWatch(limit)
+    every = round(scan / silence.STEP)
+    seen_rx, watched = None, False
+    for k in range(int(20.0 / silence.STEP)):
+        t = k * silence.STEP
+        scanned = k % every == 0
+        if not (scanned or watched):
+            continue
+        reading = tr(t)
+        full = dense.update(t, *reading)
+        if watched or reading[0] != seen_rx:
+            assert sparse.update(t, *reading) == full, t
+        else:
+            assert not full.suspicious and not full.resumed
+        watched = dense.watched(t)
+        assert sparse.watched(t) == watched, t
+        if scanned:
+            seen_rx = reading[0]
+
+
 # ------------------------------------------------------------ LinkMonitor
 def downs(tr):
     return [t for t in tr if t.new == "down"]
