@@ -3,6 +3,7 @@ and cleanup that runs even when a test fails."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -24,6 +25,19 @@ def lab():
     lab = Lab(f"sdt{uuid.uuid4().hex[:5]}").up()
     yield lab
     lab.down()
+
+
+@pytest.fixture
+def netns():
+    """An empty network namespace (sdt<random>), deleted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    ns = f"sdt{uuid.uuid4().hex[:5]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    try:
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 @pytest.fixture

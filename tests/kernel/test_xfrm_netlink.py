@@ -5,10 +5,8 @@ SAs, counters and XFRM interfaces."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -27,18 +25,6 @@ print(json.dumps(asyncio.run(main())))
 
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    ns = f"sdt{uuid.uuid4().hex[:5]}"
-    sh("ip", "netns", "add", ns)
-    try:
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def test_local_addresses_links_and_sa_dump(netns):
