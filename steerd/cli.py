@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import sys
 import time
+from secrets import token_hex as secrets_token
 from typing import Any, Iterator
 
 import click
@@ -262,17 +265,70 @@ def ipsec() -> None:
 @ipsec.command("render")
 @click.option("--config", "config_path", default="/etc/steerd/steerd.yaml", show_default=True)
 @click.option("--secrets", default=None, help="pre-shared keys file (default: ipsec.secrets_file)")
-@click.option("--show-secrets", is_flag=True, help="include the keys (never logged)")
-def ipsec_render(config_path: str, secrets: str | None, show_secrets: bool) -> None:
+@click.option("--show-secrets", is_flag=True,
+              help="include the keys: into --output FILE or a pipe, never onto a terminal "
+                   "or into a file others can read")
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="write FILE (mode 0600, replaced whole) instead of stdout")
+def ipsec_render(config_path: str, secrets: str | None, show_secrets: bool,
+                 output: str | None) -> None:
     """Print a swanctl.conf for this gateway from the config's ipsec section."""
     from .config import load_config
     from .ipsec import render
+    if show_secrets and output is None and (why := _unsafe_for_secrets(sys.stdout)):
+        click.echo(f"--show-secrets: not onto {why}; write the keys with --output FILE "
+                   "(mode 0600) or pipe them into a program", err=True)
+        sys.exit(2)
     try:
         cfg = load_config(config_path)
-        click.echo(render(cfg.ipsec, cfg, secrets, show_secrets), nl=False)
+        text = render(cfg.ipsec, cfg, secrets, show_secrets)
     except ValidationError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        _write_private(output, text)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: {exc.strerror}")
+    click.echo(f"{output}: written (mode 0600)", err=True)
+
+
+def _unsafe_for_secrets(stream: Any) -> str | None:
+    """What *stream* is when keys must not go there: a terminal (on screen, in its
+    scrollback and any session recording) or a file others may read (a shell's
+    `> file` creates it with the umask's mode, often 0644); None for a pipe or a
+    file only its owner reads."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return "an output that cannot be checked"
+    if os.isatty(fd):
+        return "a terminal"
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        return f"a file of mode {stat.S_IMODE(st.st_mode):04o} that others can read"
+    return None
+
+
+def _write_private(path: str, text: str) -> None:
+    """*path* with *text*, readable by its owner only and whole or not at all: a new
+    file beside it, created with mode 0600 (O_EXCL: never someone else's, never
+    readable by others even briefly), then renamed over *path*."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{os.getpid()}.{secrets_token()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)    # the umask may have taken the owner's bits
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 @main.group()

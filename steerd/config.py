@@ -8,26 +8,25 @@ the spirit of faucet's config checks).
 
 Pure: no root, no I/O except reading the file in :func:`load_config`.
 
-Durations and percentages are read by :mod:`steerd.units` (re-exported here);
-:func:`valid_ifname` is reusable too.
+Every value is checked with the kit of :mod:`steerd.schema`, the one the rules
+and the ipsec section (:mod:`steerd.ipsec`) are checked with too.
 """
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from ipaddress import (IPv4Address, IPv4Network, IPv6Address, IPv6Network,
-                       ip_address, ip_network)
-from typing import Any, Callable
-
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
 from .events import TYPES as EVENT_TYPES
+from .ipsec import IpsecConfig, ipsec_section
 from .mos import CODECS
+from .schema import (BAD, NAME_RE, Checker, Conv, Field, abspath, address, build,
+                     choice, claim, duration, file_path, fraction, ifname, integer, is_number, join,
+                     listen, milliseconds, network, plain_name, number, percent, section, string)
 from .sla import LIMIT_KEYS, SlaLimits
-from .units import DURATION_EXPECTED, format_duration, parse_duration, parse_percent
-from .yamlsrc import Node, Problem, ValidationError, load_yaml, read_text
+from .yamlsrc import Node, ValidationError, load_yaml, read_text
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -176,9 +175,7 @@ class SiteConfig:
     hooks: tuple[Hook, ...] = ()
     # quality classes the rules name (`sla: realtime`): class name -> limits
     sla_classes: dict[str, SlaLimits] = field(default_factory=dict, hash=False)
-    # Validated elsewhere (IPsec is another module's concern); plain data. A dict
-    # is unhashable, so it stays out of the frozen dataclass's hash.
-    ipsec: dict | None = field(default=None, hash=False)
+    ipsec: IpsecConfig | None = None  # the `ipsec:` section (steerd.ipsec)
     # Hub mode (config form B): the sites; `tunnels` and `network_ranges` above
     # are then every site's, in order. The single-site form is one site made
     # of the top-level keys (derived here, so both forms read alike).
@@ -248,359 +245,50 @@ class SiteConfig:
         return {t.wan for t in self.tunnels}
 
 
-# --------------------------------------------------------------- reusable parsers
-
-_IFNAME_EXPECTED = "a Linux interface name: 1 to 15 characters, no '/', ':' or whitespace"
-
-
-def valid_ifname(name: object) -> bool:
-    """True for names the kernel accepts (dev_valid_name: < IFNAMSIZ, no '/', ':', space)."""
-    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
-
-
 # -------------------------------------------------------------------- checking
 
-_BAD = object()   # a value that failed its check; the problem is already recorded
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+def _no_bgp(name: str) -> str | None:
+    if name == "bgp":
+        return ("no bgp section: BGP is not supported with multiple active "
+                "tunnels (steerd steers each flow itself); remove it")
+    return None
 
 
-class _Checker:
-    """Collects the problems of one file; checks return _BAD and parsing goes on."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.problems: list[Problem] = []
-
-    def fail(self, node: Node, key: str, value: Any, expected: str) -> object:
-        self.problems.append(Problem(self.path, _line(node), key, value, expected))
-        return _BAD
+def _section(ck: Checker, node: Node, key: str, fields: dict[str, Field],
+             optional: bool = False) -> dict[str, Any] | None:
+    """schema.section, with a word for the BGP section people bring from other setups."""
+    return section(ck, node, key, fields, optional, unknown=_no_bgp)
 
 
 def _line(node: Node) -> int:
-    # Point at the key when there is one: a block section's own line is its first child's.
     return node.key_line or node.line
 
 
-Conv = Callable[[_Checker, Node, str], Any]
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _describe_range(lo: float | None, hi: float | None, lo_open: bool, fmt=str) -> str:
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
-    if hi is not None:
-        parts.append(f"<= {fmt(hi)}")
-    return " and ".join(parts)
-
-
-def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            unit: str = "") -> Conv:
-    rng = _describe_range(lo, hi, lo_open)
-    expected = f"a number{' of ' + unit if unit else ''}{' ' + rng if rng else ''}"
-
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        v = node.value
-        if node.tag != "scalar" or not _is_number(v) or not _in_range(v, lo, hi, lo_open):
-            return ck.fail(node, key, node.plain(), expected)
-        return float(v)
-    return conv
-
-
-def _in_range(v: float, lo: float | None, hi: float | None, lo_open: bool = False) -> bool:
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        return False
-    return hi is None or v <= hi
-
-
-def _integer(lo: int, hi: int, extra: Callable[[int], bool] | None = None,
-             expected: str | None = None) -> Conv:
-    expected = expected or f"an integer from {lo} to {hi}"
-
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        v = node.value
-        ok = (node.tag == "scalar" and isinstance(v, int) and not isinstance(v, bool)
-              and lo <= v <= hi and (extra is None or extra(v)))
-        return v if ok else ck.fail(node, key, node.plain(), expected)
-    return conv
-
-
-def _duration(lo: float, hi: float, lo_open: bool = False) -> Conv:
-    rng = _describe_range(lo, hi, lo_open, format_duration)
-    expected = f"{DURATION_EXPECTED}, {rng}"
-
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        try:
-            seconds = parse_duration(node.value) if node.tag == "scalar" else None
-        except ValueError:
-            seconds = None
-        if seconds is None or not _in_range(seconds, lo, hi, lo_open):
-            return ck.fail(node, key, node.plain(), expected)
-        return seconds
-    return conv
-
-
-def _milliseconds(lo: float, hi: float) -> Conv:
-    """Thresholds named *_ms: a plain number is milliseconds; '30ms'/'1s' also work."""
-    expected = (f"a number of milliseconds > {lo:g} and <= {hi:g} "
-                f"(or a duration with its unit, such as 30ms)")
-
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        v = node.value
-        ms: float | None = None
-        if node.tag == "scalar" and _is_number(v):
-            ms = float(v)
-        elif node.tag == "scalar" and isinstance(v, str) and re.search(r"[a-z]\s*$", v):
-            try:
-                ms = parse_duration(v) * 1000
-            except ValueError:
-                ms = None
-        if ms is None or not _in_range(ms, lo, hi, lo_open=True):
-            return ck.fail(node, key, node.plain(), expected)
-        return ms
-    return conv
-
-
-def _percent(ck: _Checker, node: Node, key: str) -> Any:
-    try:
-        return parse_percent(node.value if node.tag == "scalar" else None)
-    except ValueError as exc:
-        return ck.fail(node, key, node.plain(), str(exc))
-
-
-def _fraction(ck: _Checker, node: Node, key: str) -> Any:
-    """A ratio: '10%' or a plain number 0..1. A bare 10 is refused rather than
-    silently read as 10 % or as 1000 %: the default 0.10 reads like a fraction."""
-    v = node.value
-    if node.tag == "scalar" and _is_number(v) and 0 <= v <= 1:
-        return float(v)
-    if node.tag == "scalar" and isinstance(v, str) and v.strip().endswith("%"):
-        try:
-            return parse_percent(v) / 100
-        except ValueError:
-            pass
-    return ck.fail(node, key, node.plain(),
-                   "a fraction from 0 to 1 (0.1) or a percentage with its sign (10%)")
-
-
-def _string(pattern: re.Pattern[str] | None = None, expected: str = "a non-empty string") -> Conv:
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        v = node.value
-        if (node.tag != "scalar" or not isinstance(v, str) or not v
-                or (pattern is not None and not pattern.fullmatch(v))):
-            return ck.fail(node, key, node.plain(), expected)
-        return v
-    return conv
-
-
-_name = _string(_NAME_RE, "a non-empty string of letters, digits, '.', '_' or '-'")
-
-
-def _choice(*options: str) -> Conv:
-    expected = "one of " + ", ".join(options)
-
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
-        v = node.value
-        if node.tag != "scalar" or not isinstance(v, str) or v not in options:
-            return ck.fail(node, key, node.plain(), expected)
-        return v
-    return conv
-
-
-def _ifname(ck: _Checker, node: Node, key: str) -> Any:
-    if node.tag != "scalar" or not valid_ifname(node.value):
-        return ck.fail(node, key, node.plain(), _IFNAME_EXPECTED)
-    return node.value
-
-
-def _abspath(ck: _Checker, node: Node, key: str) -> Any:
-    v = node.value
-    if node.tag != "scalar" or not isinstance(v, str) or not v.startswith("/") or "\0" in v:
-        return ck.fail(node, key, node.plain(), "an absolute path (starting with /)")
-    return v
-
-
-def _file_path(ck: _Checker, node: Node, key: str) -> Any:
-    """A file named in the config; relative paths are taken from the config's directory
-    because the daemon runs with cwd=/ under systemd, where they would mean nothing."""
-    v = node.value
-    if node.tag != "scalar" or not isinstance(v, str) or not v.strip() or "\0" in v:
-        return ck.fail(node, key, node.plain(), "a file path (absolute, or relative to the config)")
-    if not os.path.isabs(v) and not ck.path.startswith("<"):
-        v = os.path.join(os.path.dirname(os.path.abspath(ck.path)), v)
-    return v
-
-
-_BROADCAST4 = IPv4Address("255.255.255.255")
-
-
-def _address(ck: _Checker, node: Node, key: str) -> Any:
-    """A tunnel's public or probed address: one host reachable through the tunnel, so
-    not loopback, broadcast, multicast or unspecified; an IPv4-mapped IPv6 address
-    (::ffff:a.b.c.d) is written as the IPv4 address it maps."""
-    v = node.value
-    expected = "a unicast IPv4 or IPv6 address such as 198.51.100.10"
-    try:
-        if node.tag != "scalar" or not isinstance(v, str):
-            raise ValueError
-        addr = ip_address(v.strip())
-    except ValueError:
-        hint = " (quote it: YAML read this as a number)" if _is_number(v) else ""
-        return ck.fail(node, key, node.plain(), expected + hint)
-    mapped = addr.ipv4_mapped if addr.version == 6 else None
-    why = ("IPv4-mapped: write the IPv4 address" if mapped is not None else
-           "loopback" if addr.is_loopback else
-           "broadcast" if addr == _BROADCAST4 else
-           "multicast" if addr.is_multicast else
-           "unspecified" if addr.is_unspecified else None)
-    if why is None:
-        return addr
-    if mapped is not None:
-        why += f" (did you mean {mapped}?)"
-    return ck.fail(node, key, v, f"{expected}, not {why}")
-
-
-def _network(ck: _Checker, node: Node, key: str) -> Any:
-    v = node.value
-    if node.tag != "scalar" or not isinstance(v, str):
-        return ck.fail(node, key, node.plain(), "an IPv4 or IPv6 prefix such as 10.20.0.0/16")
-    try:
-        return ip_network(v.strip())
-    except ValueError:
-        pass
-    try:
-        loose = ip_network(v.strip(), strict=False)
-    except ValueError:
-        return ck.fail(node, key, v, "an IPv4 or IPv6 prefix such as 10.20.0.0/16")
-    return ck.fail(node, key, v, f"a network prefix without host bits set (did you mean {loose}?)")
-
-
-_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-
-
-def _ipv4(host: str) -> bool:
-    try:
-        return IPv4Address(host) is not None
-    except ValueError:
-        return False
-
-
-def _ipv6(host: str) -> bool:
-    try:
-        return IPv6Address(host) is not None
-    except ValueError:
-        return False
-
-
-def _hostname(host: str) -> bool:
-    # All-numeric names (999.1.1.1) are mistyped addresses, not hosts.
-    return bool(_HOSTNAME_RE.fullmatch(host)) and not re.fullmatch(r"[\d.]+", host)
-
-
-def _listen(ck: _Checker, node: Node, key: str) -> Any:
-    """host:port for the metrics HTTP server; IPv6 hosts in brackets ([::1]:9469)."""
-    v = node.value
-    expected = "host:port such as 127.0.0.1:9469 or [::1]:9469, port 1 to 65535"
-    if node.tag != "scalar" or not isinstance(v, str):
-        return ck.fail(node, key, node.plain(), expected)
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", v)
-    if not m:
-        return ck.fail(node, key, v, expected)
-    bracketed = m.group(1) is not None
-    host, port = (m.group(1), m.group(2)) if bracketed else (m.group(3), m.group(4))
-    host_ok = _ipv6(host) if bracketed else _ipv4(host) or _hostname(host)
-    if not host_ok or not 1 <= int(port) <= 65535:
-        return ck.fail(node, key, v, expected)
-    return v
-
-
-# ------------------------------------------------------------------ sections
-
-@dataclass(frozen=True)
-class _Field:
-    conv: Conv
-    required: bool = False
-    attr: str | None = None           # dataclass attribute, when named differently
-
-
-def _section(ck: _Checker, node: Node, key: str, fields: dict[str, _Field],
-             optional: bool = False) -> dict[str, Any] | None:
-    """Check a mapping against *fields*: unknown keys, missing required keys, each value.
-
-    Returns {attr: value-or-_BAD} for the keys present, or None when *node* is not a
-    mapping. An optional section written empty (``health:``) means all defaults.
-    """
-    if optional and node.tag == "scalar" and node.value is None:
-        return {}
-    if node.tag != "map":
-        ck.fail(node, key, node.plain(), f"a mapping with keys {', '.join(fields)}")
-        return None
-    out: dict[str, Any] = {}
-    for name, child in node.value.items():
-        sub = _join(key, name)
-        spec = fields.get(name)
-        if spec is None:
-            _unknown_key(ck, child, sub, name, fields)
-        else:
-            out[spec.attr or name] = spec.conv(ck, child, sub)
-    for name, spec in fields.items():
-        if spec.required and name not in node.value:
-            sub = _join(key, name)
-            ck.fail(node, sub, None, f"required key '{name}' (missing)")
-            out[spec.attr or name] = _BAD
-    return out
-
-
-def _join(key: str, name: str) -> str:
-    # An empty key (`"": 1`) would vanish from the dotted path; show it quoted.
-    name = name or '""'
-    return f"{key}.{name}" if key else name
-
-
-def _unknown_key(ck: _Checker, node: Node, sub: str, name: str, fields: dict[str, _Field]) -> None:
-    if name == "bgp":
-        ck.fail(node, sub, name, "no bgp section: BGP is not supported with multiple active "
-                                 "tunnels (steerd steers each flow itself); remove it")
-        return
-    close = difflib.get_close_matches(name, list(fields), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    ck.fail(node, sub, name, f"one of the keys {', '.join(fields)}{hint}")
-
-
-def _build(cls: type, values: dict[str, Any] | None, **extra: Any) -> Any:
-    """The dataclass from checked values, or _BAD if any failed (a problem is recorded)."""
-    if values is None or any(v is _BAD for v in values.values()):
-        return _BAD
-    return cls(**values, **extra)
+_abspath = abspath()
 
 
 # Each section's allowed keys, in the order they are listed in messages.
 _PROBE = {
-    "interval": _Field(_duration(0.1, 10.0)),
-    "timeout": _Field(_duration(0, 10.0, lo_open=True)),
-    "window": _Field(_integer(1, 1000)),
+    "interval": Field(duration(0.1, 10.0)),
+    "timeout": Field(duration(0, 10.0, lo_open=True)),
+    "window": Field(integer(1, 1000)),
 }
 
 _HEALTH = {
-    "loss_pct": _Field(_percent),
-    "jitter_ms": _Field(_milliseconds(0, 60_000)),
-    "latency_ms": _Field(_milliseconds(0, 60_000)),
+    "loss_pct": Field(percent),
+    "jitter_ms": Field(milliseconds(0, 60_000)),
+    "latency_ms": Field(milliseconds(0, 60_000)),
     # <= 1 would mark every reply slower than average as a suspect.
-    "suspect_factor": _Field(_number(1, 100, lo_open=True)),
-    "suspect_floor": _Field(_duration(0, 10.0, lo_open=True)),
-    "confirm_interval": _Field(_duration(0.001, 10.0)),
-    "confirm_misses": _Field(_integer(1, 100)),
-    "recover_successes": _Field(_integer(1, 1000)),
-    "initial_state": _Field(_choice(*LINK_STATES)),
+    "suspect_factor": Field(number(1, 100, lo_open=True)),
+    "suspect_floor": Field(duration(0, 10.0, lo_open=True)),
+    "confirm_interval": Field(duration(0.001, 10.0)),
+    "confirm_misses": Field(integer(1, 100)),
+    "recover_successes": Field(integer(1, 1000)),
+    "initial_state": Field(choice(*LINK_STATES)),
 }
 
 
-def _mark_mask(ck: _Checker, node: Node, key: str) -> Any:
+def _mark_mask(ck: Checker, node: Node, key: str) -> Any:
     v = node.value
     if node.tag == "scalar" and isinstance(v, str):
         try:
@@ -632,52 +320,53 @@ def _tables_ok(base: int) -> bool:
 
 
 _DATAPLANE = {
-    "mark_mask": _Field(_mark_mask),
-    "table_base": _Field(_integer(0, _MAX_TABLE - MAX_TUNNELS, _tables_ok,
+    "mark_mask": Field(_mark_mask),
+    "table_base": Field(integer(0, _MAX_TABLE - MAX_TUNNELS, _tables_ok,
                                   f"an integer such that tables table_base+1 .. table_base+"
                                   f"{MAX_TUNNELS} lie in 1..{_MAX_TABLE} and avoid the "
                                   f"reserved 253, 254, 255 (such as 2100)")),
-    "rule_priority": _Field(_integer(1, 32765)),
-    "slots": _Field(_integer(64, 65536, lambda n: n & (n - 1) == 0,
+    "rule_priority": Field(integer(1, 32765)),
+    "slots": Field(integer(64, 65536, lambda n: n & (n - 1) == 0,
                              "a power of two from 64 to 65536")),
-    "flow_table_size": _Field(_integer(1024, 4194304)),
-    "flow_idle_timeout": _Field(_duration(1.0, 86400.0)),
-    "bpffs": _Field(_abspath),
-    "max_sites": _Field(_integer(1, MAX_SITES)),
+    "flow_table_size": Field(integer(1024, 4194304)),
+    "flow_idle_timeout": Field(duration(1.0, 86400.0)),
+    "bpffs": Field(_abspath),
+    "max_sites": Field(integer(1, MAX_SITES)),
 }
 
-_METRICS = {"listen": _Field(_listen, attr="metrics_listen")}
+_METRICS = {"listen": Field(listen, attr="metrics_listen")}
 # QoS on capped tunnels: the class of traffic no rule gives a priority
 # (1 most important .. 255 bulk; 128 keeps it above explicit bulk)
-_QOS = {"default_priority": _Field(_integer(1, 255), attr="qos_default_priority")}
+_QOS = {"default_priority": Field(integer(1, 255), attr="qos_default_priority")}
 _EVENTS = {
-    "file": _Field(_file_path, attr="events_file"),
-    "keep": _Field(_integer(1, 10_000_000), attr="events_keep"),
+    "file": Field(file_path, attr="events_file"),
+    "keep": Field(integer(1, 10_000_000), attr="events_keep"),
 }
 
 # One quality class (sla_classes.NAME, or a rule's inline `sla:`): the limits, the
 # codec its MOS is estimated for, and the hold-downs (steerd/sla.py says why).
 _SLA = {
-    "max_loss_pct": _Field(_percent),
-    "max_latency_ms": _Field(_milliseconds(0, 60_000)),
-    "max_jitter_ms": _Field(_milliseconds(0, 60_000)),
-    "min_mos": _Field(_number(1, 4.5)),
-    "codec": _Field(_choice(*CODECS)),
-    "leave_hold": _Field(_duration(0.0, 3600.0)),
-    "restore_hold": _Field(_duration(0.0, 86400.0)),
+    "max_loss_pct": Field(percent),
+    "max_latency_ms": Field(milliseconds(0, 60_000)),
+    "max_jitter_ms": Field(milliseconds(0, 60_000)),
+    "min_mos": Field(number(1, 4.5)),
+    "codec": Field(choice(*CODECS)),
+    "leave_hold": Field(duration(0.0, 3600.0)),
+    "restore_hold": Field(duration(0.0, 86400.0)),
 }
 
 
-def _sla(ck: _Checker, node: Node, key: str) -> Any:
+def sla_limits(ck: Checker, node: Node, key: str) -> Any:
+    """One quality class, or a rule's inline ``sla:`` mapping (steerd.rules)."""
     values = _section(ck, node, key, _SLA)
     if values is None:
-        return _BAD
+        return BAD
     if not any(k in values for k in LIMIT_KEYS):
         return ck.fail(node, key, node.plain(), f"at least one limit: {', '.join(LIMIT_KEYS)}")
-    return _build(SlaLimits, values)
+    return build(SlaLimits, values)
 
 
-def _sla_classes(ck: _Checker, node: Node, key: str) -> Any:
+def _sla_classes(ck: Checker, node: Node, key: str) -> Any:
     if node.tag == "scalar" and node.value is None:
         return {}
     if node.tag != "map":
@@ -686,66 +375,59 @@ def _sla_classes(ck: _Checker, node: Node, key: str) -> Any:
                        "realtime: {max_loss_pct: 1, max_latency_ms: 150, max_jitter_ms: 30}")
     out = {}
     for name, child in node.value.items():
-        sub = _join(key, name)
-        if not _NAME_RE.fullmatch(name):
+        sub = join(key, name)
+        if not NAME_RE.fullmatch(name):
             ck.fail(child, sub, name, "a class name of letters, digits, '.', '_' or '-'")
-            out[name] = _BAD
+            out[name] = BAD
         else:
-            out[name] = _sla(ck, child, sub)
-    return _BAD if _BAD in out.values() else out
+            out[name] = sla_limits(ck, child, sub)
+    return BAD if BAD in out.values() else out
 
 
-def parse_sla(node: Node, key: str, path: str) -> tuple[SlaLimits | None, list[Problem]]:
-    """A rule's inline ``sla:`` mapping, checked like a class of ``sla_classes``."""
-    ck = _Checker(path)
-    limits = _sla(ck, node, key)
-    return (None if limits is _BAD else limits), ck.problems
-
-
-def _cap(ck: _Checker, node: Node, key: str) -> Any:
+def _cap(ck: Checker, node: Node, key: str) -> Any:
     """`cap: true` caps at down_mbps (resolved by the caller), a number caps at it."""
     v = node.value
     if node.tag == "scalar" and (isinstance(v, bool) or v is None):
         return v or None
-    if node.tag == "scalar" and _is_number(v) and v > 0:
+    if node.tag == "scalar" and is_number(v) and v > 0:
         return float(v)
     return ck.fail(node, key, node.plain(), "true, false or a number of Mbps > 0")
 
 
 _BANDWIDTH = {
-    "down_mbps": _Field(_number(0, None, lo_open=True, unit="Mbps"), required=True),
-    "up_mbps": _Field(_number(0, None, lo_open=True, unit="Mbps")),
-    "cap": _Field(_cap, attr="cap_mbps"),
+    "down_mbps": Field(number(0, None, lo_open=True, unit="Mbps"), required=True),
+    "up_mbps": Field(number(0, None, lo_open=True, unit="Mbps")),
+    "cap": Field(_cap, attr="cap_mbps"),
 }
 
 
-def _bandwidth(ck: _Checker, node: Node, key: str) -> Any:
+def _bandwidth(ck: Checker, node: Node, key: str) -> Any:
     values = _section(ck, node, key, _BANDWIDTH)
     if values is None:
-        return _BAD
+        return BAD
     down, cap = values.get("down_mbps"), values.get("cap_mbps")
     if cap is True:
         values["cap_mbps"] = down
-    elif _is_number(cap) and _is_number(down) and cap > down:
+    elif is_number(cap) and is_number(down) and cap > down:
         ck.fail(node.value["cap"], f"{key}.cap", node.value["cap"].plain(),
                 f"a cap <= down_mbps ({down:g}); a cap above the line's bandwidth caps nothing")
-        values["cap_mbps"] = _BAD
-    return _build(Bandwidth, values)
+        values["cap_mbps"] = BAD
+    return build(Bandwidth, values)
 
 
 _TUNNEL = {
-    "name": _Field(_name, required=True),
-    "ha_role": _Field(_choice(*HA_ROLES), required=True),
-    "wan": _Field(_name, required=True),
-    "interface": _Field(_ifname, required=True),
-    "public_ip": _Field(_address, required=True),
-    "probe_target": _Field(_address, required=True),
-    "bandwidth": _Field(_bandwidth, required=True),
-    "preference": _Field(_number(0, 100, lo_open=True)),
+    "name": Field(plain_name, required=True),
+    "ha_role": Field(choice(*HA_ROLES), required=True),
+    "wan": Field(plain_name, required=True),
+    "interface": Field(ifname, required=True),
+    "public_ip": Field(address, required=True),
+    "probe_target": Field(address, required=True),
+    "bandwidth": Field(_bandwidth, required=True),
+    "preference": Field(number(0, 100, lo_open=True)),
 }
 
 
-def _tunnels(ck: _Checker, node: Node, key: str) -> Any:
+def _tunnels(ck: Checker, node: Node, key: str) -> Any:
     """A site's tunnels: unique within the list, at most 3 per HA role."""
     if node.tag != "seq" or not node.value:
         return ck.fail(node, key, node.plain(),
@@ -756,23 +438,23 @@ def _tunnels(ck: _Checker, node: Node, key: str) -> Any:
     checked = [(i, item, v) for i, item, v in checked if v is not None]
     _check_unique(ck, key, checked)
     _check_roles(ck, node, key, checked)
-    tunnels = [_build(Tunnel, v, line=item.line) for _, item, v in checked]
-    if len(checked) != len(node.value) or _BAD in tunnels:
-        return _BAD
+    tunnels = [build(Tunnel, v, line=item.line) for _, item, v in checked]
+    if len(checked) != len(node.value) or BAD in tunnels:
+        return BAD
     return tuple(tunnels)
 
 
 Checked = list[tuple[int, Node, dict[str, Any]]]
 
 
-def _check_unique(ck: _Checker, key: str, checked: Checked) -> None:
+def _check_unique(ck: Checker, key: str, checked: Checked) -> None:
     """Names, interfaces and public IPs are unique overall; a WAN role within an HA role."""
     for attr, scope in (("name", None), ("interface", None), ("public_ip", None),
                         ("wan", "ha_role")):
         seen: dict[tuple[Any, Any], tuple[int, int]] = {}
         for i, item, values in checked:
-            value, group = values.get(attr, _BAD), values.get(scope) if scope else None
-            if value is _BAD or group is _BAD:
+            value, group = values.get(attr, BAD), values.get(scope) if scope else None
+            if value is BAD or group is BAD:
                 continue
             node = item.value[attr]
             first = seen.setdefault((group, value), (i, _line(node)))
@@ -783,12 +465,12 @@ def _check_unique(ck: _Checker, key: str, checked: Checked) -> None:
                         f"already uses it)")
 
 
-def _check_roles(ck: _Checker, node: Node, key: str, checked: Checked) -> None:
+def _check_roles(ck: Checker, node: Node, key: str, checked: Checked) -> None:
     """At most 3 tunnels per HA role (one per PoP), and at least one primary."""
     members: dict[str, list[int]] = {r: [] for r in HA_ROLES}
     for i, item, values in checked:
-        role = values.get("ha_role", _BAD)
-        if role is _BAD:
+        role = values.get("ha_role", BAD)
+        if role is BAD:
             continue
         members[role].append(i)
         if len(members[role]) > MAX_TUNNELS_PER_ROLE:
@@ -797,13 +479,13 @@ def _check_roles(ck: _Checker, node: Node, key: str, checked: Checked) -> None:
             ck.fail(role_node, f"{key}[{i}].ha_role", role,
                     f"at most {MAX_TUNNELS_PER_ROLE} tunnels with ha_role {role} "
                     f"(already {first})")
-    roles_known = all(v.get("ha_role", _BAD) is not _BAD for _, _, v in checked)
+    roles_known = all(v.get("ha_role", BAD) is not BAD for _, _, v in checked)
     if roles_known and len(checked) == len(node.value) and not members["primary"]:
         ck.fail(node, key, [v["ha_role"] for _, _, v in checked],
                 "at least one tunnel with ha_role primary")
 
 
-def _ingress(ck: _Checker, node: Node, key: str) -> Any:
+def _ingress(ck: Checker, node: Node, key: str) -> Any:
     """A list of interface names; a single name is accepted as a one-item list."""
     if node.tag == "scalar" and isinstance(node.value, str):
         items = [(key, node)]
@@ -814,17 +496,17 @@ def _ingress(ck: _Checker, node: Node, key: str) -> Any:
                        "a non-empty list of interface names, such as [eth1]")
     names, seen = [], {}
     for sub, item in items:
-        name = _ifname(ck, item, sub)
-        if name is not _BAD and name in seen:
+        name = ifname(ck, item, sub)
+        if name is not BAD and name in seen:
             name = ck.fail(item, sub, name,
                            f"each interface once (already listed at line {seen[name]})")
-        elif name is not _BAD:
+        elif name is not BAD:
             seen[name] = _line(item)
         names.append(name)
-    return _BAD if _BAD in names else tuple(names)
+    return BAD if BAD in names else tuple(names)
 
 
-def _network_ranges(ck: _Checker, node: Node, key: str) -> Any:
+def _network_ranges(ck: Checker, node: Node, key: str) -> Any:
     """label: prefix or label: [prefixes], flattened in file order."""
     if node.tag == "scalar" and node.value is None:
         return ()
@@ -839,69 +521,57 @@ def _network_ranges(ck: _Checker, node: Node, key: str) -> Any:
                  if value.tag == "seq" else [(sub, value)])
         if value.tag == "seq" and not value.value:
             ck.fail(value, sub, [], "a prefix or a non-empty list of prefixes")
-        out.extend((label, _network(ck, n, s)) for s, n in items)
-    return _BAD if any(net is _BAD for _, net in out) else tuple(out)
+        out.extend((label, network(ck, n, s)) for s, n in items)
+    return BAD if any(net is BAD for _, net in out) else tuple(out)
 
 
-def _ipsec(ck: _Checker, node: Node, key: str) -> Any:
-    # Kept as plain data; the IPsec module validates its content.
-    if node.tag == "scalar" and node.value is None:
-        return None
-    if node.tag != "map":
-        return ck.fail(node, key, node.plain(), "a mapping (IPsec settings)")
-    return node.plain()
-
-
-def _event_types(ck: _Checker, node: Node, key: str) -> Any:
+def _event_types(ck: Checker, node: Node, key: str) -> Any:
     """`on:` an event type or a list of them."""
     items = [(key, node)] if node.tag == "scalar" and isinstance(node.value, str) else \
         [(f"{key}[{i}]", n) for i, n in enumerate(node.value)] if node.tag == "seq" else []
     if not items:
         return ck.fail(node, key, node.plain(), "a non-empty list of event types, such as "
                                                 "[link_down, link_up, ha_failover]")
-    types = [_choice(*EVENT_TYPES)(ck, n, sub) for sub, n in items]
-    return _BAD if _BAD in types else frozenset(types)
+    types = [choice(*EVENT_TYPES)(ck, n, sub) for sub, n in items]
+    return BAD if BAD in types else frozenset(types)
 
 
-def _executable(ck: _Checker, node: Node, key: str) -> Any:
+def _executable(ck: Checker, node: Node, key: str) -> Any:
     path = _abspath(ck, node, key)
-    if path is not _BAD and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+    if path is not BAD and not (os.path.isfile(path) and os.access(path, os.X_OK)):
         return ck.fail(node, key, path, "an executable file (the hook's script; chmod +x)")
     return path
 
 
 _HOOK = {
-    "on": _Field(_event_types, required=True),
-    "run": _Field(_executable, required=True),
+    "on": Field(_event_types, required=True),
+    "run": Field(_executable, required=True),
     # a hook never blocks steerd, but a stuck one would hold its later events
-    "timeout": _Field(_duration(0.1, 600.0)),
+    "timeout": Field(duration(0.1, 600.0)),
 }
 
 
-def _hooks(ck: _Checker, node: Node, key: str) -> Any:
+def _hooks(ck: Checker, node: Node, key: str) -> Any:
     if node.tag != "seq":
         return ck.fail(node, key, node.plain(), f"a list of hooks (mappings with keys "
                                                 f"{', '.join(_HOOK)})")
     hooks, seen = [], {}
     for i, item in enumerate(node.value):
         values = _section(ck, item, f"{key}[{i}]", _HOOK)
-        run = values.get("run") if values else None
-        if isinstance(run, str) and run in seen:
-            values["run"] = ck.fail(item.value["run"], f"{key}[{i}].run", run,
-                                    f"a script listed once (hooks[{seen[run]}] runs it: "
-                                    f"give that hook all the events)")
-        elif isinstance(run, str):
-            seen[run] = i
-        hooks.append(_build(Hook, values, line=item.line))
-    return _BAD if _BAD in hooks else tuple(hooks)
+        if values and isinstance(values.get("run"), str):
+            values["run"] = claim(ck, seen, values["run"], i, item.value["run"], f"{key}[{i}].run",
+                                  lambda first: f"a script listed once (hooks[{first}] runs it: "
+                                  "give that hook all the events)")
+        hooks.append(build(Hook, values, line=item.line))
+    return BAD if BAD in hooks else tuple(hooks)
 
 
-def _sub(fields: dict[str, _Field], cls: type | None = None) -> Conv:
+def _sub(fields: dict[str, Field], cls: type | None = None) -> Conv:
     """An optional nested section: a dataclass, or (cls None) a dict of SiteConfig
     attributes that parse_config flattens (metrics.listen -> metrics_listen)."""
-    def conv(ck: _Checker, node: Node, key: str) -> Any:
+    def conv(ck: Checker, node: Node, key: str) -> Any:
         values = _section(ck, node, key, fields, optional=True)
-        return _build(cls, values) if cls else (values or {})
+        return build(cls, values) if cls else (values or {})
     return conv
 
 
@@ -909,14 +579,14 @@ _FLATTENED = ("metrics", "events", "qos")
 
 
 _SITE = {
-    "site": _Field(_name, required=True),
-    "network_ranges": _Field(_network_ranges),
-    "failback_hold": _Field(_duration(0.0, 3600.0)),
-    "tunnels": _Field(_tunnels, required=True),
+    "site": Field(plain_name, required=True),
+    "network_ranges": Field(_network_ranges),
+    "failback_hold": Field(duration(0.0, 3600.0)),
+    "tunnels": Field(_tunnels, required=True),
 }
 
 
-def _sites(ck: _Checker, node: Node, key: str) -> Any:
+def _sites(ck: Checker, node: Node, key: str) -> Any:
     """Hub mode: a list of sites, each checked like the single-site form, then
     across sites (names, tunnel names and interfaces, ranges)."""
     if node.tag != "seq" or not node.value:
@@ -927,25 +597,25 @@ def _sites(ck: _Checker, node: Node, key: str) -> Any:
     checked = [(i, item, v) for i, item, v in checked if v is not None]
     _check_sites_unique(ck, key, checked)
     _check_ranges_disjoint(ck, key, checked)
-    if len(checked) != len(node.value) or any(_BAD in v.values() for _, _, v in checked):
-        return _BAD
+    if len(checked) != len(node.value) or any(BAD in v.values() for _, _, v in checked):
+        return BAD
     return tuple(Site(v["site"], v.get("network_ranges", ()), v["tunnels"],
-                      v.get("failback_hold", _BAD), line=item.line)
+                      v.get("failback_hold", BAD), line=item.line)
                  for _, item, v in checked)
 
 
 def _site_label(key: str, i: int, values: dict[str, Any]) -> str:
-    name = values.get("site", _BAD)
-    return f"site {name!r} ({key}[{i}])" if name is not _BAD else f"{key}[{i}]"
+    name = values.get("site", BAD)
+    return f"site {name!r} ({key}[{i}])" if name is not BAD else f"{key}[{i}]"
 
 
-def _check_sites_unique(ck: _Checker, key: str, checked: Checked) -> None:
+def _check_sites_unique(ck: Checker, key: str, checked: Checked) -> None:
     """Site names are unique; tunnel names and interfaces are unique on the
     gateway (one netdev, one name space for status, metrics and events)."""
     seen: dict[Any, tuple[str, int]] = {}
     for i, item, values in checked:
-        name = values.get("site", _BAD)
-        if name is _BAD:
+        name = values.get("site", BAD)
+        if name is BAD:
             continue
         node = item.value["site"]
         first = seen.setdefault(name, (f"{key}[{i}]", _line(node)))
@@ -983,7 +653,7 @@ def _range_items(node: Node, key: str) -> list[tuple[str, Node]]:
     return out
 
 
-def _check_ranges_disjoint(ck: _Checker, key: str, checked: Checked) -> None:
+def _check_ranges_disjoint(ck: Checker, key: str, checked: Checked) -> None:
     """A destination belongs to one site: no two sites' ranges overlap, and a
     site without ranges (route-based: every destination) is the only site.
 
@@ -1001,7 +671,7 @@ def _check_ranges_disjoint(ck: _Checker, key: str, checked: Checked) -> None:
                     f"route-based (every destination), so it must be the only site "
                     f"({others[0][0]} at line {others[0][1]} is another)")
             continue
-        if ranges is _BAD or rnode is None:
+        if ranges is BAD or rnode is None:
             continue
         for (sub, n), (_, net) in zip(_range_items(rnode, f"{key}[{i}].network_ranges"), ranges):
             entries.append((net.version, int(net.network_address), net.prefixlen,
@@ -1020,33 +690,34 @@ def _check_ranges_disjoint(ck: _Checker, key: str, checked: Checked) -> None:
 
 
 _TOP = {
-    "site": _Field(_name),
-    "ingress": _Field(_ingress, required=True),
-    "network_ranges": _Field(_network_ranges),
-    "probe": _Field(_sub(_PROBE, ProbeConfig)),
-    "health": _Field(_sub(_HEALTH, HealthConfig)),
-    "rebalance_interval": _Field(_duration(1.0, 3600.0)),
-    "rebalance_threshold": _Field(_fraction),
-    "failback_hold": _Field(_duration(0.0, 3600.0)),
-    "failback": _Field(_choice(*FAILBACK_MODES)),
-    "metrics": _Field(_sub(_METRICS)),
-    "control_socket": _Field(_abspath),
-    "control_group": _Field(_string(re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?"),
+    "site": Field(plain_name),
+    "ingress": Field(_ingress, required=True),
+    "network_ranges": Field(_network_ranges),
+    "probe": Field(_sub(_PROBE, ProbeConfig)),
+    "health": Field(_sub(_HEALTH, HealthConfig)),
+    "rebalance_interval": Field(duration(1.0, 3600.0)),
+    "rebalance_threshold": Field(fraction),
+    "failback_hold": Field(duration(0.0, 3600.0)),
+    "failback": Field(choice(*FAILBACK_MODES)),
+    "metrics": Field(_sub(_METRICS)),
+    "control_socket": Field(_abspath),
+    "control_group": Field(string(re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?"),
                                     "a group name such as steerd")),
-    "rules_file": _Field(_file_path),
-    "state_dir": _Field(_abspath),
-    "events": _Field(_sub(_EVENTS)),
-    "qos": _Field(_sub(_QOS)),
-    "tunnels": _Field(_tunnels),
-    "sites": _Field(_sites),
-    "dataplane": _Field(_sub(_DATAPLANE, DataplaneConfig)),
-    "ipsec": _Field(_ipsec),
-    "hooks": _Field(_hooks),
-    "sla_classes": _Field(_sla_classes),
+    "rules_file": Field(file_path),
+    "state_dir": Field(_abspath),
+    "events": Field(_sub(_EVENTS)),
+    "qos": Field(_sub(_QOS)),
+    "tunnels": Field(_tunnels),
+    "sites": Field(_sites),
+    "dataplane": Field(_sub(_DATAPLANE, DataplaneConfig)),
+    # checked in parse_config, once the tunnels it names are known
+    "ipsec": Field(lambda ck, node, key: node),
+    "hooks": Field(_hooks),
+    "sla_classes": Field(_sla_classes),
 }
 
 
-def _check_ingress_vs_tunnels(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
+def _check_ingress_vs_tunnels(ck: Checker, root: Node, values: dict[str, Any]) -> None:
     """Downstream traffic enters on ingress and leaves by a tunnel: one netdev can't be both."""
     ingress, tunnels = values.get("ingress"), values.get("tunnels")
     if not isinstance(ingress, tuple) or not isinstance(tunnels, tuple):
@@ -1069,7 +740,7 @@ def _check_ingress_vs_tunnels(ck: _Checker, root: Node, values: dict[str, Any]) 
 _SITE_KEYS = ("site", "network_ranges", "tunnels")
 
 
-def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
+def _resolve_form(ck: Checker, root: Node, values: dict[str, Any]) -> None:
     """Single-site form (site, network_ranges, tunnels at the top) or hub form
     (sites:); never both. The hub form's top-level view is every site's."""
     if "sites" not in root.value:
@@ -1077,7 +748,7 @@ def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
             if name not in root.value:
                 ck.fail(root, name, None, f"required key '{name}' (missing), or a sites: list "
                                           f"(hub form)")
-                values[name] = _BAD
+                values[name] = BAD
         values.setdefault("network_ranges", ())
         return
     for name in _SITE_KEYS:
@@ -1096,7 +767,7 @@ def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
         dp = values["dataplane"] = DataplaneConfig(max_sites=HUB_DEFAULT_MAX_SITES,
                                                    slots=HUB_DEFAULT_SLOTS)
     if not isinstance(sites, tuple):
-        values.update(site=_BAD, tunnels=_BAD, network_ranges=_BAD)
+        values.update(site=BAD, tunnels=BAD, network_ranges=BAD)
         return
     if isinstance(dp, DataplaneConfig) and len(sites) > dp.max_sites:
         node = given.get("max_sites", root.value["sites"])
@@ -1104,7 +775,7 @@ def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
                 f"at most dataplane.max_sites ({dp.max_sites}) sites; raise max_sites "
                 f"(sizes the data path's per-site maps)")
     hold = values.get("failback_hold", 30.0)
-    sites = tuple(st if st.failback_hold is not _BAD else replace(st, failback_hold=hold)
+    sites = tuple(st if st.failback_hold is not BAD else replace(st, failback_hold=hold)
                   for st in sites)
     values["sites"] = sites
     values["site"] = sites[0].name if len(sites) == 1 else ""
@@ -1117,22 +788,21 @@ def _resolve_form(ck: _Checker, root: Node, values: dict[str, Any]) -> None:
 def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     """The SiteConfig written in *text*; raises ValidationError with every problem."""
     root = load_yaml(text, path)
-    ck = _Checker(path)
+    ck = Checker(path)
     if root.tag != "map":
         ck.fail(root, "<root>", root.plain(), f"a mapping with keys {', '.join(_TOP)}")
         raise ValidationError(ck.problems)
     values = _section(ck, root, "", _TOP) or {}
     _resolve_form(ck, root, values)
-    if "ipsec" in root.value and isinstance(values.get("ipsec"), dict):
-        from .ipsec import validate_ipsec  # its problems join the rest of the file's
+    if "ipsec" in values:
         names = [t.name for t in values["tunnels"]] if isinstance(values.get("tunnels"), tuple) else None
-        ck.problems.extend(validate_ipsec(root.value["ipsec"], path, names))
+        values["ipsec"] = ipsec_section(names)(ck, values["ipsec"], "ipsec")
     _check_ingress_vs_tunnels(ck, root, values)
     for name in _FLATTENED:
         values.update(values.pop(name, {}))
     values.setdefault("probe", ProbeConfig())
     values.setdefault("health", HealthConfig())
-    if ck.problems or any(v is _BAD for v in values.values()):
+    if ck.problems or any(v is BAD for v in values.values()):
         # Cross-checks run after the per-key ones; operators read a file top-down.
         raise ValidationError(sorted(ck.problems, key=lambda p: p.line))
     return SiteConfig(path=path, **values)

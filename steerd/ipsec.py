@@ -30,30 +30,32 @@ ipsec:
 * **Secrets** are read from ``secrets_file`` (YAML mapping; must be mode 0600, owned by
   the caller or root), are never logged or put into an error message, and appear in the
   output only with ``show_secrets`` (encoded as ``0s<base64>``); without it the secrets
-  section is left out and a comment says so.
+  section is left out and a comment says so. ``steerctl ipsec render --show-secrets``
+  writes them to ``--output FILE`` (mode 0600) or a pipe, never onto a terminal.
 
-Pure except for reading the secrets file; no strongSwan needed to render.
+The section is checked with the config (steerd.schema's kit, every problem with its
+line) into an :class:`IpsecConfig`; rendering takes that typed section and reads no
+config file. Pure except for reading the secrets file; no strongSwan needed to render.
 """
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import re
 import stat
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import yaml
 
-from .units import format_duration, parse_duration
-from .yamlsrc import Node, Problem, ValidationError, load_yaml
+from .schema import (BAD, Checker, Conv, Field, Network, abspath, any_address, build, choice,
+                     claim, duration, integer, join, network, section)
+from .units import format_duration
+from .yamlsrc import Node, Problem, ValidationError
 
 MODES = ("responder-only", "bidirectional")
 ID_TYPES = ("ipv4", "fqdn", "email", "key_id")
 _ID_PREFIX = {"ipv4": "ipv4:", "fqdn": "fqdn:", "email": "email:", "key_id": "keyid:"}
-_KEYS = ("connection_mode", "local_id", "secrets_file", "proposals", "local_ts", "dpd_delay", "tunnels")
-_TUNNEL_KEYS = ("remote_id", "local_addr", "if_id")
 MIN_PSK_LEN = 8
 
 # Algorithm names strongSwan accepts, by role (a deliberately common subset).
@@ -72,222 +74,97 @@ _SAFE_RE = re.compile(r"[^\"\\\n\r{}#]+")   # what goes inside a swanctl.conf "q
 HIDDEN = "<hidden>"
 
 
+# ---------------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity as written ({fqdn: pop.example.net})."""
+
+    type: str                         # one of ID_TYPES
+    value: str
+
+    def swanctl(self) -> str:
+        return f"{_ID_PREFIX[self.type]}{self.value}"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One IKE or ESP proposal, in strongSwan's names (prf and DH group resolved)."""
+
+    encryption: str
+    integrity: str | None = None
+    prf: str | None = None
+    dh_group: str | None = None
+
+    def swanctl(self) -> str:
+        return "-".join(p for p in (self.encryption, self.integrity, self.prf, self.dh_group) if p)
+
+
+@dataclass(frozen=True)
+class IpsecTunnel:
+    """Per-tunnel settings; None = the default (see the module docstring)."""
+
+    remote_id: Identity | None = None
+    local_addr: str | None = None
+    if_id: int | None = None
+
+
+@dataclass(frozen=True)
+class IpsecConfig:
+    """The validated `ipsec:` section."""
+
+    local_id: Identity
+    secrets_file: str
+    connection_mode: str = "responder-only"
+    init: tuple[Proposal, ...] = ()   # IKE_SA_INIT proposals; () = strongSwan's defaults
+    auth: tuple[Proposal, ...] = ()   # CHILD SA (ESP) proposals; () = defaults
+    local_ts: tuple[Network, ...] = ()   # () = 0.0.0.0/0 and ::/0
+    dpd_delay: float = 10.0           # seconds, 0 = off
+    tunnels: dict[str, IpsecTunnel] = field(default_factory=dict, hash=False)
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.connection_mode == "bidirectional"
+
+    def if_ids(self, tunnel_names: Sequence[str]) -> dict[str, int]:
+        """Each tunnel's if_id: explicit in `ipsec.tunnels.<name>.if_id`, else position + 1."""
+        out = {}
+        for i, name in enumerate(tunnel_names):
+            t = self.tunnels.get(name)
+            out[name] = t.if_id if t is not None and t.if_id is not None else i + 1
+        return out
+
+
 # ----------------------------------------------------------------- validation
 
-class _Ck:
-    def __init__(self, path: str):
-        self.path = path
-        self.problems: list[Problem] = []
-
-    def fail(self, node: Node, key: str, value: Any, expected: str) -> None:
-        self.problems.append(Problem(self.path, node.key_line or node.line, key, value, expected))
-
-
-def validate_ipsec(node: Node, path: str, tunnel_names: Iterable[str] | None = None) -> list[Problem]:
-    """Every problem of the `ipsec:` section *node* (a yamlsrc Node); [] when valid.
-
-    *tunnel_names* (the config's tunnels, in order), when given, also checks that
-    `ipsec.tunnels` names only existing tunnels and that the if_ids (explicit or
-    defaulted) are unique."""
-    ck = _Ck(path)
-    if node.tag == "scalar" and node.value is None:
-        return []
-    if node.tag != "map":
-        ck.fail(node, "ipsec", node.plain(), "a mapping (IPsec settings)")
-        return ck.problems
-    v = node.value
-    for k, child in v.items():
-        if k not in _KEYS:
-            ck.fail(child, f"ipsec.{k}", k, f"one of {', '.join(_KEYS)}")
-    mode = "responder-only"
-    if "connection_mode" in v:
-        n = v["connection_mode"]
-        if n.tag != "scalar" or n.value not in MODES:
-            ck.fail(n, "ipsec.connection_mode", n.plain(), "responder-only or bidirectional")
-        else:
-            mode = n.value
-    if "local_id" not in v:
-        ck.fail(node, "ipsec.local_id", None, "the gateway's identifier, e.g. {fqdn: pop.example.net} "
-                "(one of ipv4, fqdn, email, key_id)")
-    else:
-        id_type = _check_id(ck, v["local_id"], "ipsec.local_id")
-        if mode == "bidirectional" and id_type not in (None, "ipv4"):
-            ck.fail(v["local_id"], "ipsec.local_id", v["local_id"].plain(),
-                    "an ipv4 identifier: bidirectional mode works only with an IPv4 local ID "
-                    "(use connection_mode: responder-only for fqdn, email or key_id)")
-    if "secrets_file" not in v:
-        ck.fail(node, "ipsec.secrets_file", None, "the path of the pre-shared key file (mode 0600)")
-    else:
-        n = v["secrets_file"]
-        if n.tag != "scalar" or not isinstance(n.value, str) or not os.path.isabs(n.value):
-            ck.fail(n, "ipsec.secrets_file", n.plain(), "an absolute file path")
-    if "proposals" in v:
-        _check_proposals(ck, v["proposals"])
-    if "local_ts" in v:
-        _check_prefixes(ck, v["local_ts"], "ipsec.local_ts")
-    if "dpd_delay" in v:
-        n = v["dpd_delay"]
-        try:
-            if n.tag != "scalar" or parse_duration(n.value) > 3600:
-                raise ValueError
-        except ValueError:
-            ck.fail(n, "ipsec.dpd_delay", n.plain(), "a duration from 0s (off) to 1h, such as 10s")
-    names = list(tunnel_names) if tunnel_names is not None else None
-    explicit_ids: dict[int, str] = {}
-    if "tunnels" in v:
-        tn = v["tunnels"]
-        if tn.tag == "scalar" and tn.value is None:
-            pass
-        elif tn.tag != "map":
-            ck.fail(tn, "ipsec.tunnels", tn.plain(), "a mapping of tunnel name -> settings")
-        else:
-            for name, t in tn.value.items():
-                key = f"ipsec.tunnels.{name}"
-                if names is not None and name not in names:
-                    ck.fail(t, key, name, f"the name of a tunnel in `tunnels` ({', '.join(names)})")
-                if t.tag == "scalar" and t.value is None:
-                    continue
-                if t.tag != "map":
-                    ck.fail(t, key, t.plain(), f"a mapping with keys {', '.join(_TUNNEL_KEYS)}")
-                    continue
-                for k, child in t.value.items():
-                    if k not in _TUNNEL_KEYS:
-                        ck.fail(child, f"{key}.{k}", k, f"one of {', '.join(_TUNNEL_KEYS)}")
-                if "remote_id" in t.value:
-                    _check_id(ck, t.value["remote_id"], f"{key}.remote_id")
-                if "local_addr" in t.value:
-                    n = t.value["local_addr"]
-                    if not _is_ip(n.value) or n.tag != "scalar":
-                        ck.fail(n, f"{key}.local_addr", n.plain(), "an IPv4 or IPv6 address of this gateway")
-                if "if_id" in t.value:
-                    n = t.value["if_id"]
-                    if (n.tag != "scalar" or isinstance(n.value, bool) or not isinstance(n.value, int)
-                            or not 1 <= n.value <= 0xFFFFFFFF):
-                        ck.fail(n, f"{key}.if_id", n.plain(), "an integer from 1 to 4294967295 "
-                                "(the XFRM interface's if_id)")
-                    elif n.value in explicit_ids:
-                        ck.fail(n, f"{key}.if_id", n.value,
-                                f"an if_id no other tunnel uses (ipsec.tunnels.{explicit_ids[n.value]})")
-                    else:
-                        explicit_ids[n.value] = name
-    if names is not None and not ck.problems:
-        ids = if_ids(node.plain(), names)
-        seen: dict[int, str] = {}
-        for name in names:
-            i = ids[name]
-            if i in seen:
-                ck.fail(node, f"ipsec.tunnels.{name}.if_id", i,
-                        f"an if_id no other tunnel uses ({seen[i]} has {i} too; set if_id explicitly)")
-            seen[i] = name
-    return ck.problems
+_ID_EXPECTED = {
+    "ipv4": "an IPv4 address",
+    "fqdn": "a domain name such as pop.example.net",
+    "email": "an email address such as vpn@example.net",
+    "key_id": "a key identifier: a non-empty string without quotes, braces or #",
+}
 
 
-def _check_id(ck: _Ck, n: Node, key: str) -> str | None:
-    """Check an identifier `{type: value}`; returns its type, None when invalid."""
+def _identity(ck: Checker, n: Node, key: str) -> Any:
+    """An identifier `{type: value}`."""
     if n.tag != "map" or len(n.value) != 1:
-        ck.fail(n, key, n.plain(), "one identifier as {TYPE: VALUE}, TYPE one of ipv4, fqdn, email, key_id")
-        return None
+        return ck.fail(n, key, n.plain(),
+                       "one identifier as {TYPE: VALUE}, TYPE one of ipv4, fqdn, email, key_id")
     (id_type, vn), = n.value.items()
     if id_type not in ID_TYPES:
-        ck.fail(vn, key, id_type, "an identifier type: ipv4, fqdn, email or key_id")
-        return None
+        return ck.fail(vn, key, id_type, "an identifier type: ipv4, fqdn, email or key_id")
+    if id_type == "ipv4":
+        value = any_address(4, _ID_EXPECTED["ipv4"])(ck, vn, f"{key}.ipv4")
+        return BAD if value is BAD else Identity(id_type, value)
     value = vn.value
     ok = vn.tag == "scalar" and isinstance(value, str) and bool(value) and _SAFE_RE.fullmatch(value)
-    expected = {
-        "ipv4": "an IPv4 address",
-        "fqdn": "a domain name such as pop.example.net",
-        "email": "an email address such as vpn@example.net",
-        "key_id": "a key identifier: a non-empty string without quotes, braces or #",
-    }[id_type]
-    if ok and id_type == "ipv4":
-        ok = _is_ip(value, 4)
-    elif ok and id_type == "fqdn":
+    if ok and id_type == "fqdn":
         ok = bool(_FQDN_RE.fullmatch(value))
     elif ok and id_type == "email":
         ok = bool(_EMAIL_RE.fullmatch(value))
     if not ok:
-        ck.fail(vn, f"{key}.{id_type}", vn.plain(), expected)
-        return None
-    return id_type
-
-
-def _is_ip(value: Any, version: int | None = None) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return version is None or addr.version == version
-
-
-def _check_prefixes(ck: _Ck, n: Node, key: str) -> None:
-    items = n.value if n.tag == "seq" else [n]
-    if n.tag == "seq" and not items:
-        ck.fail(n, key, [], "a prefix or a non-empty list of prefixes")
-    for i, item in enumerate(items):
-        sub = f"{key}[{i}]" if n.tag == "seq" else key
-        try:
-            if item.tag != "scalar" or not isinstance(item.value, str):
-                raise ValueError
-            ipaddress.ip_network(item.value, strict=True)
-        except ValueError:
-            ck.fail(item, sub, item.plain(), "a network prefix such as 10.0.0.0/8 (host bits zero)")
-
-
-def _check_proposals(ck: _Ck, n: Node) -> None:
-    if n.tag != "map":
-        ck.fail(n, "ipsec.proposals", n.plain(), "a mapping with keys init and auth")
-        return
-    for k, child in n.value.items():
-        if k not in ("init", "auth"):
-            ck.fail(child, f"ipsec.proposals.{k}", k, "init or auth")
-            continue
-        key = f"ipsec.proposals.{k}"
-        if child.tag == "scalar" and child.value == "automatic":
-            continue
-        items = child.value if child.tag == "seq" else [child]
-        if child.tag == "seq" and not items:
-            ck.fail(child, key, [], "automatic, or one or a list of proposals")
-        for i, item in enumerate(items):
-            sub = f"{key}[{i}]" if child.tag == "seq" else key
-            _check_proposal(ck, item, sub, init=(k == "init"))
-
-
-def _check_proposal(ck: _Ck, n: Node, key: str, init: bool) -> None:
-    allowed = ("encryption", "integrity", "prf", "dh_group") if init else ("encryption", "integrity", "dh_group")
-    if n.tag != "map":
-        ck.fail(n, key, n.plain(), f"automatic, or a proposal mapping with keys {', '.join(allowed)}")
-        return
-    v = n.value
-    for k, child in v.items():
-        if k not in allowed:
-            ck.fail(child, f"{key}.{k}", k, f"one of {', '.join(allowed)}")
-    enc = v.get("encryption")
-    if enc is None:
-        ck.fail(n, f"{key}.encryption", None, f"an encryption algorithm: {', '.join(ENCRYPTION)}")
-    elif enc.tag != "scalar" or enc.value not in ENCRYPTION:
-        ck.fail(enc, f"{key}.encryption", enc.plain(), f"one of {', '.join(ENCRYPTION)}")
-    aead = enc is not None and isinstance(enc.value, str) and enc.value in AEAD
-    integ = v.get("integrity")
-    if integ is None and not aead:
-        ck.fail(n, f"{key}.integrity", None, f"an integrity algorithm: {', '.join(INTEGRITY)} "
-                "(only AEAD ciphers such as aes256gcm16 go without)")
-    elif integ is not None and integ.value not in INTEGRITY:
-        ck.fail(integ, f"{key}.integrity", integ.plain(), f"one of {', '.join(INTEGRITY)}")
-    elif integ is not None and aead:
-        ck.fail(integ, f"{key}.integrity", integ.plain(), f"no integrity algorithm with AEAD cipher {enc.value}")
-    prf = v.get("prf")
-    if prf is not None and prf.value not in PRF and f"prf{prf.value}" not in PRF:
-        ck.fail(prf, f"{key}.prf", prf.plain(), f"one of {', '.join(PRF)}")
-    dh = v.get("dh_group")
-    if dh is None:
-        if init:
-            ck.fail(n, f"{key}.dh_group", None, "a Diffie-Hellman group such as 14 or ecp256 "
-                    "(the IKE SA always needs one)")
-    elif _dh_name(dh.value) is None:
-        ck.fail(dh, f"{key}.dh_group", dh.plain(),
-                "a Diffie-Hellman group: " + ", ".join(f"{k} ({v})" for k, v in DH_GROUPS.items()))
+        return ck.fail(vn, f"{key}.{id_type}", vn.plain(), _ID_EXPECTED[id_type])
+    return Identity(id_type, value)
 
 
 def _dh_name(value: Any) -> str | None:
@@ -303,6 +180,168 @@ def _dh_name(value: Any) -> str | None:
     return None
 
 
+def _dh_group(ck: Checker, n: Node, key: str) -> Any:
+    name = _dh_name(n.value) if n.tag == "scalar" else None
+    return name or ck.fail(n, key, n.plain(), "a Diffie-Hellman group: " +
+                           ", ".join(f"{k} ({v})" for k, v in DH_GROUPS.items()))
+
+
+def _prf(ck: Checker, n: Node, key: str) -> Any:
+    v = n.value
+    if n.tag == "scalar" and isinstance(v, str) and (v in PRF or f"prf{v}" in PRF):
+        return v if v.startswith("prf") else f"prf{v}"
+    return ck.fail(n, key, n.plain(), f"one of {', '.join(PRF)}")
+
+
+_PROPOSAL = {
+    "encryption": Field(choice(*ENCRYPTION), required=True,
+                        missing=f"an encryption algorithm: {', '.join(ENCRYPTION)}"),
+    "integrity": Field(choice(*INTEGRITY)),
+    "prf": Field(_prf),
+    "dh_group": Field(_dh_group),
+}
+
+
+def _proposal(init: bool) -> Conv:
+    fields = _PROPOSAL if init else {k: f for k, f in _PROPOSAL.items() if k != "prf"}
+
+    def conv(ck: Checker, n: Node, key: str) -> Any:
+        if n.tag != "map":
+            return ck.fail(n, key, n.plain(),
+                           f"automatic, or a proposal mapping with keys {', '.join(fields)}")
+        values = section(ck, n, key, fields)
+        enc, integ = values.get("encryption"), values.get("integrity")
+        aead = enc in AEAD
+        if "integrity" not in values and not aead:
+            values["integrity"] = ck.fail(
+                n, f"{key}.integrity", None, f"an integrity algorithm: {', '.join(INTEGRITY)} "
+                "(only AEAD ciphers such as aes256gcm16 go without)")
+        elif isinstance(integ, str) and aead:
+            values["integrity"] = ck.fail(n.value["integrity"], f"{key}.integrity", integ,
+                                          f"no integrity algorithm with AEAD cipher {enc}")
+        if init and "dh_group" not in values:
+            values["dh_group"] = ck.fail(n, f"{key}.dh_group", None,
+                                         "a Diffie-Hellman group such as 14 or ecp256 "
+                                         "(the IKE SA always needs one)")
+        return build(Proposal, values)
+    return conv
+
+
+def _proposals(init: bool) -> Conv:
+    """`automatic`, one proposal or a list of them (in preference order)."""
+    one = _proposal(init)
+
+    def conv(ck: Checker, n: Node, key: str) -> Any:
+        if n.tag == "scalar" and n.value == "automatic":
+            return ()
+        if n.tag == "seq" and not n.value:
+            return ck.fail(n, key, [], "automatic, or one or a list of proposals")
+        out = ([one(ck, item, f"{key}[{i}]") for i, item in enumerate(n.value)]
+               if n.tag == "seq" else [one(ck, n, key)])
+        return BAD if BAD in out else tuple(out)
+    return conv
+
+
+_PROPOSALS = {"init": Field(_proposals(init=True)), "auth": Field(_proposals(init=False))}
+
+
+def _proposals_section(ck: Checker, n: Node, key: str) -> Any:
+    values = section(ck, n, key, _PROPOSALS)
+    return BAD if values is None else values
+
+
+def _prefixes(ck: Checker, n: Node, key: str) -> Any:
+    """A prefix or a non-empty list of them."""
+    if n.tag == "seq" and not n.value:
+        return ck.fail(n, key, [], "a prefix or a non-empty list of prefixes")
+    out = ([network(ck, item, f"{key}[{i}]") for i, item in enumerate(n.value)]
+           if n.tag == "seq" else [network(ck, n, key)])
+    return BAD if BAD in out else tuple(out)
+
+
+_TUNNEL = {
+    "remote_id": Field(_identity),
+    "local_addr": Field(any_address(None, "an IPv4 or IPv6 address of this gateway")),
+    "if_id": Field(integer(1, 0xFFFFFFFF, expected="an integer from 1 to 4294967295 "
+                                                   "(the XFRM interface's if_id)")),
+}
+
+
+def _tunnels(names: Sequence[str] | None) -> Conv:
+    """tunnel name -> settings, for tunnels of the config (when *names* is known);
+    an explicit if_id is one no other tunnel sets."""
+    def conv(ck: Checker, n: Node, key: str) -> Any:
+        if n.tag == "scalar" and n.value is None:
+            return {}
+        if n.tag != "map":
+            return ck.fail(n, key, n.plain(), "a mapping of tunnel name -> settings")
+        out, explicit = {}, {}
+        for tname, t in n.value.items():
+            sub = join(key, tname)
+            if names is not None and tname not in names:
+                ck.fail(t, sub, tname, f"the name of a tunnel in `tunnels` ({', '.join(names)})")
+            values = section(ck, t, sub, _TUNNEL, optional=True)
+            if values and isinstance(values.get("if_id"), int):
+                values["if_id"] = claim(ck, explicit, values["if_id"], tname, t.value["if_id"],
+                                        f"{sub}.if_id", lambda first: "an if_id no other tunnel "
+                                        f"uses (ipsec.tunnels.{first})")
+            out[tname] = build(IpsecTunnel, values)
+        return BAD if BAD in out.values() else out
+    return conv
+
+
+def ipsec_section(tunnel_names: Sequence[str] | None) -> Conv:
+    """The check of the `ipsec:` section of a config whose tunnels are *tunnel_names*
+    (in order; None when unknown, which skips the checks against them): the
+    IpsecConfig, None for an empty section, or BAD with every problem recorded."""
+    fields = {
+        "connection_mode": Field(choice(*MODES, expected="responder-only or bidirectional")),
+        "local_id": Field(_identity, required=True,
+                          missing="the gateway's identifier, e.g. {fqdn: pop.example.net} "
+                                  "(one of ipv4, fqdn, email, key_id)"),
+        "secrets_file": Field(abspath("an absolute file path"), required=True,
+                              missing="the path of the pre-shared key file (mode 0600)"),
+        "proposals": Field(_proposals_section),
+        "local_ts": Field(_prefixes),
+        "dpd_delay": Field(duration(0, 3600, expected="a duration from 0s (off) to 1h, such as 10s")),
+        "tunnels": Field(_tunnels(tunnel_names)),
+    }
+
+    def conv(ck: Checker, node: Node, key: str) -> Any:
+        if node.tag == "scalar" and node.value is None:
+            return None
+        if node.tag != "map":
+            return ck.fail(node, key, node.plain(), "a mapping (IPsec settings)")
+        values = section(ck, node, key, fields)
+        local_id = values.get("local_id")
+        if values.get("connection_mode") == "bidirectional" and isinstance(local_id, Identity) \
+                and local_id.type != "ipv4":
+            n = node.value["local_id"]
+            values["local_id"] = ck.fail(
+                n, f"{key}.local_id", n.plain(),
+                "an ipv4 identifier: bidirectional mode works only with an IPv4 local ID "
+                "(use connection_mode: responder-only for fqdn, email or key_id)")
+        proposals = values.pop("proposals", {})
+        if proposals is BAD:
+            return BAD
+        cfg = build(IpsecConfig, {**values, **proposals})
+        if cfg is not BAD and tunnel_names is not None:
+            _check_if_ids(ck, node, key, cfg, tunnel_names)
+        return cfg
+    return conv
+
+
+def _check_if_ids(ck: Checker, node: Node, key: str, cfg: IpsecConfig,
+                  names: Sequence[str]) -> None:
+    """Defaulted if_ids (position + 1) may collide with an explicit one."""
+    seen: dict[int, str] = {}
+    for name, i in cfg.if_ids(names).items():
+        if i in seen:
+            ck.fail(node, f"{key}.tunnels.{name}.if_id", i,
+                    f"an if_id no other tunnel uses ({seen[i]} has {i} too; set if_id explicitly)")
+        seen[i] = name
+
+
 # ------------------------------------------------------------------ rendering
 
 @dataclass(frozen=True)
@@ -315,49 +354,14 @@ class _Tunnel:
     remote_ts: tuple[str, ...]
 
 
-def if_ids(cfg_ipsec: dict, tunnel_names: Iterable[str]) -> dict[str, int]:
-    """Each tunnel's if_id: explicit in `ipsec.tunnels.<name>.if_id`, else position + 1."""
-    per = (cfg_ipsec or {}).get("tunnels") or {}
-    out = {}
-    for i, name in enumerate(tunnel_names):
-        t = per.get(name) or {}
-        out[name] = int(t.get("if_id") or i + 1)
-    return out
-
-
-def _ident(d: dict) -> str:
-    (t, v), = d.items()
-    return f"{_ID_PREFIX[t]}{v}"
-
-
-def _proposal(p: dict, init: bool) -> str:
-    parts = [p["encryption"]]
-    if p.get("integrity"):
-        parts.append(p["integrity"])
-    if init and p.get("prf"):
-        prf = str(p["prf"])
-        parts.append(prf if prf.startswith("prf") else f"prf{prf}")
-    if p.get("dh_group") is not None:
-        parts.append(_dh_name(p["dh_group"]))
-    return "-".join(parts)
-
-
-def _proposals(value: Any, init: bool) -> str:
-    if value in (None, "automatic"):
-        return "default"
-    items = value if isinstance(value, list) else [value]
-    return ",".join(_proposal(p, init) for p in items)
-
-
-def _remote_ts(site_cfg, tunnel) -> tuple[str, ...]:
-    """The site side's traffic selectors of *tunnel*: the network ranges, plus the
-    tunnel's probe target when outside them; none = route-based (everything)."""
-    if not site_cfg.network_ranges:
+def _remote_ts(ranges: Sequence[Network], tunnel) -> tuple[str, ...]:
+    """The site side's traffic selectors of *tunnel*: its site's network ranges, plus
+    the tunnel's probe target when outside them; none = route-based (everything)."""
+    if not ranges:
         return ("0.0.0.0/0", "::/0")
-    nets = [net for _, net in site_cfg.network_ranges]
-    out = [str(n) for n in nets]
+    out = [str(n) for n in ranges]
     addr = tunnel.probe_target
-    if not any(addr.version == n.version and addr in n for n in nets):
+    if not any(addr.version == n.version and addr in n for n in ranges):
         out.append(f"{addr}/{addr.max_prefixlen}")
     return tuple(out)
 
@@ -410,42 +414,17 @@ def read_secrets(path: str) -> dict[str, str]:
     return out
 
 
-def validate_plain(cfg_ipsec: dict, site_cfg) -> list[Problem]:
-    """validate_ipsec for the section as plain data: with the lines of the config
-    file when it is readable and holds this section, else without lines."""
-    names = [t.name for t in site_cfg.tunnels]
-    node = None
-    try:
-        with open(site_cfg.path, encoding="utf-8") as f:
-            root = load_yaml(f.read(), site_cfg.path)
-        cand = root.value.get("ipsec") if root.tag == "map" else None
-        if cand is not None and cand.plain() == cfg_ipsec:
-            node = cand
-    except (OSError, ValidationError, UnicodeDecodeError):
-        pass
-    if node is None:
-        node = load_yaml(yaml.safe_dump({"ipsec": cfg_ipsec}), site_cfg.path).value["ipsec"]
-        return [Problem(p.file, 0, p.key, p.value, p.expected)
-                for p in validate_ipsec(node, site_cfg.path, names)]
-    return validate_ipsec(node, site_cfg.path, names)
-
-
-def render(cfg_ipsec: dict, site_cfg, secrets_path: str | None = None, show_secrets: bool = False) -> str:
-    """The swanctl.conf for *site_cfg*'s tunnels from its `ipsec:` section *cfg_ipsec*
-    (plain data, already validated). Reads *secrets_path* (default: the section's
-    secrets_file) to check that every tunnel has a key; the keys appear in the output
-    only with *show_secrets*. Raises ValidationError naming the secrets file (never
-    a key) or the config."""
-    if not cfg_ipsec:
+def render(section: IpsecConfig | None, site_cfg, secrets_path: str | None = None,
+           show_secrets: bool = False) -> str:
+    """The swanctl.conf for *site_cfg*'s tunnels from its validated `ipsec:` section
+    (``site_cfg.ipsec``). Reads *secrets_path* (default: the section's secrets_file)
+    to check that every tunnel has a key; the keys appear in the output only with
+    *show_secrets*. Raises ValidationError naming the secrets file (never a key) or
+    the config."""
+    if section is None:
         raise ValidationError([Problem(site_cfg.path, 0, "ipsec", None,
                                        "an `ipsec:` section in the site config to render")])
-    problems = validate_plain(cfg_ipsec, site_cfg)
-    if problems:
-        raise ValidationError(problems)
-    path = secrets_path or cfg_ipsec.get("secrets_file")
-    if not path:
-        raise ValidationError([Problem(site_cfg.path, 0, "ipsec.secrets_file", None,
-                                       "the path of the pre-shared key file")])
+    path = secrets_path or section.secrets_file
     secrets = read_secrets(path)
     names = [t.name for t in site_cfg.tunnels]
     missing = [n for n in names if n not in secrets and "default" not in secrets]
@@ -457,26 +436,22 @@ def render(cfg_ipsec: dict, site_cfg, secrets_path: str | None = None, show_secr
     if problems:
         raise ValidationError(problems)
 
-    mode = cfg_ipsec.get("connection_mode") or "responder-only"
-    bidir = mode == "bidirectional"
-    local_id = _ident(cfg_ipsec["local_id"])
-    ids = if_ids(cfg_ipsec, names)
-    per = cfg_ipsec.get("tunnels") or {}
-    local_ts = cfg_ipsec.get("local_ts") or ["0.0.0.0/0", "::/0"]
-    if isinstance(local_ts, str):
-        local_ts = [local_ts]
-    dpd = cfg_ipsec.get("dpd_delay", "10s")
-    dpd_s = format_duration(parse_duration(dpd)) if dpd is not None else "0s"
-    init = _proposals((cfg_ipsec.get("proposals") or {}).get("init"), init=True)
-    auth = _proposals((cfg_ipsec.get("proposals") or {}).get("auth"), init=False)
+    mode = section.connection_mode
+    bidir = section.bidirectional
+    local_id = section.local_id.swanctl()
+    ids = section.if_ids(names)
+    local_ts = [str(n) for n in section.local_ts] or ["0.0.0.0/0", "::/0"]
+    dpd_s = format_duration(section.dpd_delay)
+    init = ",".join(p.swanctl() for p in section.init) or "default"
+    auth = ",".join(p.swanctl() for p in section.auth) or "default"
 
     tunnels = []
-    for t in site_cfg.tunnels:
-        pt = per.get(t.name) or {}
-        rid = _ident(pt["remote_id"]) if pt.get("remote_id") else f"ipv4:{t.public_ip}" \
-            if t.public_ip.version == 4 else f"ipv6:{t.public_ip}"
-        tunnels.append(_Tunnel(t.name, str(t.public_ip), rid, str(pt.get("local_addr") or "%any"),
-                               ids[t.name], _remote_ts(site_cfg, t)))
+    for i, t in enumerate(site_cfg.tunnels):
+        pt = section.tunnels.get(t.name) or IpsecTunnel()
+        rid = pt.remote_id.swanctl() if pt.remote_id else f"ipv{t.public_ip.version}:{t.public_ip}"
+        ranges = [net for _, net in site_cfg.sites[site_cfg.site_of(i)].network_ranges]
+        tunnels.append(_Tunnel(t.name, str(t.public_ip), rid, pt.local_addr or "%any",
+                               ids[t.name], _remote_ts(ranges, t)))
 
     out = [
         f"# swanctl.conf for site {site_cfg.site}: rendered by `steerctl ipsec render` from {site_cfg.path}.",
@@ -535,5 +510,5 @@ def render(cfg_ipsec: dict, site_cfg, secrets_path: str | None = None, show_secr
         out.append("}")
     else:
         out += [f"# secrets: {len(tunnels)} pre-shared key(s) from {path} are not shown;",
-                "# `steerctl ipsec render --show-secrets` includes them (write that output to a 0600 file)."]
+                "# `steerctl ipsec render --show-secrets --output FILE` writes them into FILE (mode 0600)."]
     return "\n".join(out) + "\n"

@@ -1,26 +1,17 @@
-"""Rules file -> RuleSet: parse and validate, every problem with file and line (pure)."""
+"""Rules file -> RuleSet: parse and validate, every problem with file and line (pure),
+in the style of the config (steerd.schema's checker; a rule's inline `sla:` is
+checked as the config checks a quality class)."""
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any, Collection, Iterable, Mapping
 
-from steerd.config import parse_sla
+from steerd.config import sla_limits
 from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
                                 PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
 from steerd.sla import LIMIT_KEYS, SlaLimits
+from steerd.schema import BAD, Checker, missing, parse_network, unknown_key
 from steerd.yamlsrc import Node, Problem, ValidationError, gc_paused, load_yaml, read_text
-
-
-class _Ctx:
-    """Collects problems for one file so that all errors come out at once."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.problems: list[Problem] = []
-
-    def bad(self, node: Node | None, line: int, key: str, value: Any, expected: str) -> None:
-        self.problems.append(Problem(self.path, node.line if node else line, key, value, expected))
 
 
 def _as_list(node: Node) -> list[Node]:
@@ -32,30 +23,12 @@ def _as_list(node: Node) -> list[Node]:
     return [node]
 
 
-_V4_CIDR = re.compile(r"([1-9]?[0-9]{1,2})\.([1-9]?[0-9]{1,2})\.([1-9]?[0-9]{1,2})\."
-                      r"([1-9]?[0-9]{1,2})/([0-9]{1,2})")
-
-
-def _network(text: str) -> Network:
-    """ipaddress.ip_network(text, strict=True), three times faster for the common
-    IPv4 "a.b.c.d/n": the address goes in as an integer (the text parse is most of
-    the cost of validating 10,000 rules). Anything else, leading zeros included,
-    takes ipaddress's own parser and its errors."""
-    m = _V4_CIDR.fullmatch(text)
-    if m is not None:
-        a, b, c, d, plen = map(int, m.groups())
-        if (a | b | c | d) <= 255 and plen <= 32 and not any(
-                len(g) > 1 and g[0] == "0" for g in m.groups()[:4]):
-            return ipaddress.IPv4Network(((a << 24) | (b << 16) | (c << 8) | d, plen))
-    return ipaddress.ip_network(text, strict=True)
-
-
 def _item_key(key: str, node: Node, i: int) -> str:
     """The key of item *i* of *node* in problems (``dst[1]``, or ``dst`` for a scalar)."""
     return f"{key}[{i}]" if node.tag == "seq" else key
 
 
-def _parse_nets(ctx: _Ctx, node: Node, key: str, allow_bang: bool
+def _parse_nets(ctx: Checker, node: Node, key: str, allow_bang: bool
                 ) -> tuple[list[Network], list[Network]]:
     pos: list[Network] = []
     neg: list[Network] = []
@@ -65,22 +38,22 @@ def _parse_nets(ctx: _Ctx, node: Node, key: str, allow_bang: bool
     for i, item in enumerate(_as_list(node)):
         v = item.value
         if item.tag != "scalar" or not isinstance(v, str) or not v.strip():
-            ctx.bad(item, 0, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
             continue
         text, target = v.strip(), pos
         if text.startswith("!"):
             if not allow_bang:
-                ctx.bad(item, 0, _item_key(key, node, i), v, "a CIDR without '!' (this list is already negated)")
+                ctx.fail(item, _item_key(key, node, i), v, "a CIDR without '!' (this list is already negated)")
                 continue
             text, target = text[1:].strip(), neg
         try:
-            target.append(_network(text))
+            target.append(parse_network(text))
         except ValueError:
-            ctx.bad(item, 0, _item_key(key, node, i), v, expected)
+            ctx.fail(item, _item_key(key, node, i), v, expected)
     return pos, neg
 
 
-def _parse_proto(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
+def _parse_proto(ctx: Checker, node: Node, key: str) -> frozenset[int] | None:
     out: set[int] = set()
     any_ = False
     expected = "tcp, udp, icmp, icmpv6, sctp, any or a protocol number 0..255 (or a list of them)"
@@ -94,7 +67,7 @@ def _parse_proto(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
         elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
             out.add(v)
         else:
-            ctx.bad(item, 0, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
     if any_ or not items:
         return None
     return frozenset(out)
@@ -103,7 +76,7 @@ def _parse_proto(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
 _PORT_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 
 
-def _parse_ports(ctx: _Ctx, node: Node, key: str) -> list[tuple[int, int]]:
+def _parse_ports(ctx: Checker, node: Node, key: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     expected = 'a port 1..65535 or a range "a-b" with 1 <= a <= b <= 65535'
     for i, item in enumerate(_as_list(node)):
@@ -119,11 +92,11 @@ def _parse_ports(ctx: _Ctx, node: Node, key: str) -> list[tuple[int, int]]:
         if 1 <= lo <= hi <= 65535:
             out.append((lo, hi))
         else:
-            ctx.bad(item, 0, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
     return out
 
 
-def _parse_dscp(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
+def _parse_dscp(ctx: Checker, node: Node, key: str) -> frozenset[int] | None:
     out: set[int] = set()
     expected = "a DSCP 0..63 or a name (ef, le, cs0..cs7, af11..af43), or a list of them"
     items = _as_list(node)
@@ -134,33 +107,33 @@ def _parse_dscp(ctx: _Ctx, node: Node, key: str) -> frozenset[int] | None:
         elif isinstance(v, str) and v.strip().lower() in DSCP_NAMES:
             out.add(DSCP_NAMES[v.strip().lower()])
         else:
-            ctx.bad(item, 0, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
     return frozenset(out) if items else None
 
 
-def _parse_ingress(ctx: _Ctx, node: Node, key: str, ingress: set[str] | None) -> list[str]:
+def _parse_ingress(ctx: Checker, node: Node, key: str, ingress: set[str] | None) -> list[str]:
     out: list[str] = []
     for i, item in enumerate(_as_list(node)):
         v = item.value
         if not isinstance(v, str) or not re.fullmatch(r"[^\s/]{1,15}", v):
-            ctx.bad(item, 0, _item_key(key, node, i), item.plain(), "an interface name (1..15 characters, no '/' or spaces)")
+            ctx.fail(item, _item_key(key, node, i), item.plain(), "an interface name (1..15 characters, no '/' or spaces)")
         elif ingress is not None and v not in ingress:
-            ctx.bad(item, 0, _item_key(key, node, i), v, f"one of the config's ingress interfaces: {sorted(ingress)}")
+            ctx.fail(item, _item_key(key, node, i), v, f"one of the config's ingress interfaces: {sorted(ingress)}")
         else:
             out.append(v)
     return out
 
 
-def _parse_match(ctx: _Ctx, node: Node | None, key: str, ingress: set[str] | None) -> Match:
+def _parse_match(ctx: Checker, node: Node | None, key: str, ingress: set[str] | None) -> Match:
     if node is None or node.value is None:
         return Match()
     if node.tag != "map":
-        ctx.bad(node, 0, key, node.plain(), "a mapping of match fields")
+        ctx.fail(node, key, node.plain(), "a mapping of match fields")
         return Match()
     m = node.value
     for k in m:
         if k not in MATCH_KEYS:
-            ctx.bad(m[k], 0, f"{key}.{k}", k, f"one of {', '.join(MATCH_KEYS)}")
+            unknown_key(ctx, m[k], f"{key}.{k}", k, MATCH_KEYS)
     nets: dict[str, tuple[Network, ...]] = {}
     for fld in ("src", "dst"):
         pos: list[Network] = []
@@ -175,7 +148,7 @@ def _parse_match(ctx: _Ctx, node: Node | None, key: str, ingress: set[str] | Non
     sport = _parse_ports(ctx, m["src_port"], f"{key}.src_port") if "src_port" in m else []
     dport = _parse_ports(ctx, m["dst_port"], f"{key}.dst_port") if "dst_port" in m else []
     if (sport or dport) and proto is not None and not (proto & PORT_PROTOS):
-        ctx.bad(m["proto"], 0, f"{key}.proto", m["proto"].plain(),
+        ctx.fail(m["proto"], f"{key}.proto", m["proto"].plain(),
                 "tcp, udp, sctp or any: src_port/dst_port never match a protocol without ports")
     dscp = _parse_dscp(ctx, m["dscp"], f"{key}.dscp") if "dscp" in m else None
     ing = _parse_ingress(ctx, m["ingress"], f"{key}.ingress", ingress) if "ingress" in m else []
@@ -200,37 +173,36 @@ def _wan_expected(wans: set[str] | None) -> str:
         else "a wan role name"
 
 
-def _parse_wans(ctx: _Ctx, node: Node | None, parent: Node, key: str,
+def _parse_wans(ctx: Checker, node: Node | None, parent: Node, key: str,
                 wans: set[str] | None) -> list[str] | None:
     """``wan: wan2`` or ``wan: [wan2, wan1]`` (preference order): the roles, or None."""
     if node is None:
-        ctx.bad(parent, 0, f"{key}.wan", None, f"{_wan_expected(wans)} (required)")
+        missing(ctx, parent, key, "wan", _wan_expected(wans))
         return None
     items = [(f"{key}.wan[{i}]", n) for i, n in enumerate(node.value)] if node.tag == "seq" \
         else [(f"{key}.wan", node)]
     if node.tag == "seq" and not items:
-        ctx.bad(node, 0, f"{key}.wan", [], f"{_wan_expected(wans)}, or a non-empty list of them")
+        ctx.fail(node, f"{key}.wan", [], f"{_wan_expected(wans)}, or a non-empty list of them")
         return None
     out: list[str] = []
     for k, item in items:
         v = item.value
         if item.tag != "scalar" or not isinstance(v, str) or not v or \
                 (wans is not None and v not in wans):
-            ctx.bad(item, 0, k, item.plain(), _wan_expected(wans))
+            ctx.fail(item, k, item.plain(), _wan_expected(wans))
         elif v in out:
-            ctx.bad(item, 0, k, v, "each wan role once in the list")
+            ctx.fail(item, k, v, "each wan role once in the list")
         else:
             out.append(v)
     return out if len(out) == len(items) else None
 
 
-def _parse_sla(ctx: _Ctx, node: Node, key: str,
+def _parse_sla(ctx: Checker, node: Node, key: str,
                classes: Mapping[str, SlaLimits] | None) -> str | SlaLimits | None:
     """``sla: realtime`` (a class of the config's sla_classes) or inline limits."""
     if node.tag == "map":
-        limits, problems = parse_sla(node, key, ctx.path)
-        ctx.problems.extend(problems)
-        return limits
+        limits = sla_limits(ctx, node, key)
+        return None if limits is BAD else limits
     v = node.value
     known = f" ({', '.join(sorted(classes))})" if classes else ""
     expected = (f"a class of the config's sla_classes{known} or a mapping of limits "
@@ -239,12 +211,12 @@ def _parse_sla(ctx: _Ctx, node: Node, key: str,
             (classes is not None and v not in classes):
         if classes is not None and not classes and isinstance(v, str):
             expected += "; the config defines no sla_classes"
-        ctx.bad(node, 0, key, node.plain(), expected)
+        ctx.fail(node, key, node.plain(), expected)
         return None
     return v
 
 
-def _parse_sites(ctx: _Ctx, r: dict[str, Node], key: str, listed: list[str], fallback: Any,
+def _parse_sites(ctx: Checker, r: dict[str, Node], key: str, listed: list[str], fallback: Any,
                  sites: Mapping[str, Collection[str]] | None) -> tuple[str, ...]:
     """`site: NAME` or a list (hub mode): the rule applies at those sites only,
     and its wan roles (and fallback role) must be wan roles of each of them."""
@@ -255,14 +227,14 @@ def _parse_sites(ctx: _Ctx, r: dict[str, Node], key: str, listed: list[str], fal
     known = f"one of the config's sites: {', '.join(sorted(sites))}" if sites is not None \
         else "a site name"
     if not items:
-        ctx.bad(node, 0, f"{key}.site", [], f"a site name or a non-empty list of them ({known})")
+        ctx.fail(node, f"{key}.site", [], f"a site name or a non-empty list of them ({known})")
         return ()
     names = []
     for i, item in enumerate(items):
         sub = f"{key}.site[{i}]" if node.tag == "seq" else f"{key}.site"
         v = item.value
         if not isinstance(v, str) or (sites is not None and v not in sites):
-            ctx.bad(item, 0, sub, item.plain(), known)
+            ctx.fail(item, sub, item.plain(), known)
             continue
         names.append(v)
         if sites is None:
@@ -270,32 +242,32 @@ def _parse_sites(ctx: _Ctx, r: dict[str, Node], key: str, listed: list[str], fal
         for what, role in [("wan", w) for w in listed] + [("fallback", fallback)]:
             if isinstance(role, str) and role not in ("auto", "drop") and role not in sites[v] \
                     and what in r:
-                ctx.bad(r[what], 0, f"{key}.{what}", role,
+                ctx.fail(r[what], f"{key}.{what}", role,
                         f"a wan role of site {v}: {', '.join(sorted(sites[v]))}")
     return tuple(names)
 
 
-def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
+def _parse_rule(ctx: Checker, node: Node, idx: int, wans: set[str] | None,
                 ingress: set[str] | None, seen: dict[str, int],
                 classes: Mapping[str, SlaLimits] | None = None,
                 sites: Mapping[str, Collection[str]] | None = None) -> Rule | None:
     key = f"rules[{idx}]"
     if node.tag != "map":
-        ctx.bad(node, 0, key, node.plain(), "a mapping with name, match, wan, fallback")
+        ctx.fail(node, key, node.plain(), "a mapping with name, match, wan, fallback")
         return None
     r = node.value
     before = len(ctx.problems)
     for k in r:
         if k not in RULE_KEYS:
-            ctx.bad(r[k], 0, f"{key}.{k}", k, f"one of {', '.join(RULE_KEYS)}")
+            unknown_key(ctx, r[k], f"{key}.{k}", k, RULE_KEYS)
     name = r["name"].value if "name" in r else None
     if "name" not in r:
-        ctx.bad(node, 0, f"{key}.name", None, "a rule name (required)")
+        missing(ctx, node, key, "name", "a rule name")
     elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        ctx.bad(r["name"], 0, f"{key}.name", r["name"].plain(),
+        ctx.fail(r["name"], f"{key}.name", r["name"].plain(),
                 "1..64 characters of A-Z a-z 0-9 _ . : -")
     elif name in seen:
-        ctx.bad(r["name"], 0, f"{key}.name", name, f"a unique name (also used on line {seen[name]})")
+        ctx.fail(r["name"], f"{key}.name", name, f"a unique name (also used on line {seen[name]})")
     else:
         seen[name] = r["name"].line
     match = _parse_match(ctx, r.get("match"), f"{key}.match", ingress)
@@ -309,13 +281,13 @@ def _parse_rule(ctx: _Ctx, node: Node, idx: int, wans: set[str] | None,
             (fallback not in (listed or [wan]) and (wans is None or fallback in wans)
              and bool(fallback)))
         if not ok:
-            ctx.bad(r["fallback"], 0, f"{key}.fallback", r["fallback"].plain(),
+            ctx.fail(r["fallback"], f"{key}.fallback", r["fallback"].plain(),
                     "auto, drop or a wan role the rule does not list" +
                     (f" ({', '.join(sorted(wans))})" if wans is not None else ""))
     priority = r["priority"].value if "priority" in r else None
     if "priority" in r and (not isinstance(priority, int) or isinstance(priority, bool)
                             or not 1 <= priority <= 255):
-        ctx.bad(r["priority"], 0, f"{key}.priority", r["priority"].plain(), "an integer 1..255")
+        ctx.fail(r["priority"], f"{key}.priority", r["priority"].plain(), "an integer 1..255")
     rule_sites = _parse_sites(ctx, r, key, listed or [], fallback, sites)
     if len(ctx.problems) != before:
         return None
@@ -328,22 +300,22 @@ def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | 
               max_rules: int, classes: Mapping[str, SlaLimits] | None = None,
               sites: Mapping[str, Collection[str]] | None = None
               ) -> tuple[list[Rule | None], list[Problem]]:
-    ctx = _Ctx(path)
+    ctx = Checker(path)
     if root.tag != "map":
-        ctx.bad(root, 0, "<top>", root.plain(), "a mapping with the key 'rules'")
+        ctx.fail(root, "<top>", root.plain(), "a mapping with the key 'rules'")
         return [], ctx.problems
     for k in root.value:
         if k != "rules":
-            ctx.bad(root.value[k], 0, k, k, "only the key 'rules'")
+            ctx.fail(root.value[k], k, k, "only the key 'rules'")
     rules_node = root.value.get("rules")
     items: list[Node] = []
     if rules_node is not None and rules_node.value is not None:
         if rules_node.tag != "seq":
-            ctx.bad(rules_node, 0, "rules", rules_node.plain(), "a list of rules")
+            ctx.fail(rules_node, "rules", rules_node.plain(), "a list of rules")
         else:
             items = rules_node.value
     if len(items) > max_rules:
-        ctx.bad(items[max_rules], 0, f"rules[{max_rules}]", len(items),
+        ctx.fail(items[max_rules], f"rules[{max_rules}]", len(items),
                 f"at most {max_rules} rules")
     seen: dict[str, int] = {}
     rules = [_parse_rule(ctx, item, i, wans, ingress, seen, classes, sites)

@@ -28,11 +28,12 @@ import sys
 import time
 
 from benchout import record, verdict   # tests/bench, this script's directory
-from steerd.config import HealthConfig, ProbeConfig, parse_duration
+from steerd.config import HealthConfig, ProbeConfig
 from steerd.health import LinkMonitor, simulate
 from steerd.lab.impair import set_drop
 from steerd.lab.runner import Receiver, SteerdProcess, send, send_up
 from steerd.lab.topology import Lab
+from steerd.units import parse_duration
 
 PEERS = "mwan3 ≈ 60–70 s, dpinger ≈ 15 s, Cisco BFD 7 s, FortiOS ≈ 2.5–3 s"
 GOALS = {(1.0, 0): 1.5, (0.1, 0): 0.5, (1.0, 100): 0.3, (1.0, 1000): 0.3}   # p95 goals (s)

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steerd.config import (Bandwidth, DataplaneConfig, HealthConfig, ProbeConfig,
-                           SiteConfig, Tunnel, format_duration, load_config, parse_config,
-                           parse_duration, parse_percent, valid_ifname)
+                           SiteConfig, Tunnel, load_config, parse_config)
+from steerd.ipsec import Identity, IpsecConfig, IpsecTunnel
+from steerd.schema import valid_ifname
+from steerd.units import format_duration, parse_duration, parse_percent
 from steerd.yamlsrc import Problem, ValidationError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "steerd.example.yaml"
@@ -157,8 +159,8 @@ def test_full_config_parses_into_exact_dataclasses():
         dataplane=DataplaneConfig(mark_mask=0x00700000, table_base=3000, rule_priority=500,
                                   slots=1024, flow_table_size=2048, flow_idle_timeout=120.0,
                                   bpffs="/sys/fs/bpf/steerd-test"),
-        ipsec={"connection_mode": "responder-only", "local_id": {"fqdn": "pop.example.net"},
-               "secrets_file": "/etc/steerd/ipsec.secrets"},
+        ipsec=IpsecConfig(local_id=Identity("fqdn", "pop.example.net"),
+                          secrets_file="/etc/steerd/ipsec.secrets"),
     )
     assert parse_config(FULL, "full.yaml") == expected
 
@@ -253,11 +255,13 @@ def test_relative_rules_and_events_files_are_next_to_the_config(tmp_path):
     assert c.events_file == str(tmp_path / "ev" / "events.jsonl")
 
 
-def test_ipsec_section_is_kept_as_plain_data_and_config_stays_hashable():
+def test_ipsec_section_is_typed_and_config_stays_hashable():
     c = parse_config(cfg(top="ipsec:\n  local_id: {fqdn: gw.example.net}\n"
-                             "  secrets_file: /etc/x\n  proposals: {init: automatic, auth: automatic}\n"))
-    assert c.ipsec == {"local_id": {"fqdn": "gw.example.net"}, "secrets_file": "/etc/x",
-                       "proposals": {"init": "automatic", "auth": "automatic"}}
+                             "  secrets_file: /etc/x\n  proposals: {init: automatic, auth: automatic}\n"
+                             "  dpd_delay: 30s\n  tunnels: {pri-wan1: {if_id: 7}}\n"))
+    assert c.ipsec == IpsecConfig(local_id=Identity("fqdn", "gw.example.net"), secrets_file="/etc/x",
+                                  dpd_delay=30.0, tunnels={"pri-wan1": IpsecTunnel(if_id=7)})
+    assert c.ipsec.if_ids(["pri-wan1", "pri-wan2"]) == {"pri-wan1": 7, "pri-wan2": 2}
     hash(c)
 
 

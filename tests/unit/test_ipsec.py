@@ -11,16 +11,25 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import pty
 import re
+import select
 import socket
+import stat
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from steerd import xfrm
+from steerd.cli import main as steerctl
 from steerd.config import parse_config
-from steerd.ipsec import MIN_PSK_LEN, if_ids, read_secrets, render, validate_ipsec
+from steerd.ipsec import MIN_PSK_LEN, ipsec_section, read_secrets, render
+from steerd.schema import Checker
 from steerd.yamlsrc import ValidationError, load_yaml
 
 PSK1 = "correct horse battery staple 1"
@@ -78,7 +87,9 @@ def site(tmp_path, secrets_path: str, ipsec: str = IPSEC, base: str = BASE):
 
 def problems(ipsec: str, names=("pri-wan1", "pri-wan2")) -> list:
     node = load_yaml(ipsec, "cfg.yaml").value["ipsec"]
-    return validate_ipsec(node, "cfg.yaml", names)
+    ck = Checker("cfg.yaml")
+    ipsec_section(names)(ck, node, "ipsec")
+    return ck.problems
 
 
 def conn(text: str, name: str) -> str:
@@ -148,6 +159,23 @@ def test_secrets_hidden_unless_asked(tmp_path, secrets):
     assert 'id-remote = "fqdn:wan1.branch-01.example.net"' in shown
 
 
+def test_hub_tunnels_select_their_own_sites_ranges(tmp_path, secrets):
+    """In hub mode a tunnel carries its site's ranges only: a site's SA never
+    claims another site's prefixes."""
+    text = ("ingress: [eth1]\nsites:\n"
+            "  - site: a\n    network_ranges: {lan: 10.21.0.0/16}\n    tunnels:\n"
+            "      - {name: pri-wan1, ha_role: primary, wan: wan1, interface: ipsec1,"
+            " public_ip: 198.51.100.10, probe_target: 10.21.0.1, bandwidth: {down_mbps: 100}}\n"
+            "  - site: b\n    network_ranges: {lan: 10.22.0.0/16}\n    tunnels:\n"
+            "      - {name: pri-wan2, ha_role: primary, wan: wan1, interface: ipsec2,"
+            " public_ip: 198.51.100.11, probe_target: 169.254.10.2, bandwidth: {down_mbps: 100}}\n"
+            + IPSEC.replace("SECRETS", secrets))
+    cfg = parse_config(text, str(tmp_path / "hub.yaml"))
+    out = render(cfg.ipsec, cfg, secrets)
+    assert "remote_ts = 10.21.0.0/16\n" in conn(out, "pri-wan1")
+    assert "remote_ts = 10.22.0.0/16,169.254.10.2/32\n" in conn(out, "pri-wan2")
+
+
 def test_default_key_covers_tunnels_without_one(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"default": PSK_DEFAULT, "pri-wan1": PSK1}))
@@ -190,7 +218,7 @@ def test_explicit_proposals(tmp_path, secrets):
 def test_explicit_if_ids(tmp_path, secrets):
     ipsec = IPSEC + "    pri-wan2: {if_id: 42}\n"
     cfg = site(tmp_path, secrets, ipsec)
-    assert if_ids(cfg.ipsec, ["pri-wan1", "pri-wan2"]) == {"pri-wan1": 1, "pri-wan2": 42}
+    assert cfg.ipsec.if_ids(["pri-wan1", "pri-wan2"]) == {"pri-wan1": 1, "pri-wan2": 42}
     out = render(cfg.ipsec, cfg, secrets)
     assert conn(out, "pri-wan2").count("if_id_out = 42") == 2
 
@@ -264,6 +292,132 @@ def test_secrets_symlink_refused(tmp_path, secrets):
         read_secrets(str(link))
 
 
+# ------------------------------------------------------ steerctl ipsec render
+
+STEERCTL = str(Path(sys.executable).with_name("steerctl"))
+B64_PSK1 = base64.b64encode(PSK1.encode()).decode()
+
+
+def config_file(tmp_path, secrets_path: str) -> str:
+    path = tmp_path / "steerd.yaml"
+    path.write_text(BASE + IPSEC.replace("SECRETS", secrets_path))
+    return str(path)
+
+
+def steerctl_render(config: str, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """steerctl as an operator runs it, its stdout a real pipe, terminal or file."""
+    return subprocess.run([STEERCTL, "ipsec", "render", "--config", config, *args],
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def test_render_reads_the_config_once_through_the_loader(tmp_path, secrets, monkeypatch):
+    """The section comes typed from load_config: render opens no config file itself."""
+    cfg = site(tmp_path, secrets)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **kw: opened.append(str(f)) or real_open(f, *a, **kw))
+    render(cfg.ipsec, cfg, secrets)
+    assert cfg.path not in opened
+
+
+def test_output_file_is_0600_from_its_creation(tmp_path, secrets, monkeypatch):
+    """--output: the keys go to a file only its owner can read, created so (never
+    chmod-ed after the fact, so never readable by others for a moment, whatever the
+    umask), replacing whatever was at the path (an old 0644 file, a symlink) whole."""
+    out = tmp_path / "swanctl.conf"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    victim = tmp_path / "elsewhere"
+    victim.write_text("not to be overwritten\n")
+    link = tmp_path / "link.conf"
+    link.symlink_to(victim)
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):          # the new file's mode just before it takes the name
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    old_umask = os.umask(0)
+    try:
+        for target in (out, link):
+            res = CliRunner().invoke(steerctl, ["ipsec", "render", "--config", config_file(tmp_path, secrets),
+                                                "--show-secrets", "--output", str(target)])
+            assert res.exit_code == 0, res.output
+            assert PSK1 not in res.output and B64_PSK1 not in res.output
+    finally:
+        os.umask(old_umask)
+    assert seen == [0o600, 0o600]
+    for target in (out, link):
+        assert stat.S_IMODE(os.lstat(target).st_mode) == 0o600 and not os.path.islink(target)
+        assert f"secret = 0s{B64_PSK1}" in target.read_text()
+    assert victim.read_text() == "not to be overwritten\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["swanctl.conf", "link.conf", "elsewhere", "steerd.yaml", "ipsec-secrets.yaml"])   # no temp left
+
+
+def test_output_into_a_missing_directory_fails_cleanly(tmp_path, secrets):
+    res = CliRunner().invoke(steerctl, ["ipsec", "render", "--config", config_file(tmp_path, secrets),
+                                        "--show-secrets", "--output", str(tmp_path / "no" / "x.conf")])
+    assert res.exit_code == 1 and "x.conf" in res.output and PSK1 not in res.output
+
+
+def test_show_secrets_never_onto_a_terminal(tmp_path, secrets):
+    main_fd, tty_fd = pty.openpty()
+    try:
+        res = steerctl_render(config_file(tmp_path, secrets), "--show-secrets", stdout=tty_fd)
+        os.close(tty_fd)
+        shown = b""
+        while select.select([main_fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:         # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_fd)
+    assert res.returncode == 2
+    assert "terminal" in res.stderr and "--output" in res.stderr
+    assert B64_PSK1.encode() not in shown and b"secret" not in shown
+
+
+def test_show_secrets_not_into_a_file_others_can_read(tmp_path, secrets):
+    """`steerctl ipsec render --show-secrets > swanctl.conf` with the usual umask
+    022: the shell made the file 0644 before steerctl ran; nothing goes into it."""
+    target = tmp_path / "swanctl.conf"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)
+    try:
+        res = steerctl_render(config_file(tmp_path, secrets), "--show-secrets", stdout=fd)
+    finally:
+        os.close(fd)
+    assert res.returncode == 2 and "0644" in res.stderr and "--output" in res.stderr
+    assert target.read_text() == ""
+
+
+def test_show_secrets_into_a_pipe_or_a_private_file(tmp_path, secrets):
+    """A pipe (`| ssh gw 'umask 077; cat > f'`) or a file only its owner reads get the keys."""
+    config = config_file(tmp_path, secrets)
+    piped = steerctl_render(config, "--show-secrets")
+    assert piped.returncode == 0, piped.stderr
+    assert f"secret = 0s{B64_PSK1}" in piped.stdout
+    target = tmp_path / "private.conf"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        res = steerctl_render(config, "--show-secrets", stdout=fd)
+    finally:
+        os.close(fd)
+    assert res.returncode == 0, res.stderr
+    assert f"secret = 0s{B64_PSK1}" in target.read_text()
+
+
+def test_without_show_secrets_a_terminal_is_fine(tmp_path, secrets):
+    res = steerctl_render(config_file(tmp_path, secrets))
+    assert res.returncode == 0 and "connections {" in res.stdout and "secrets {" not in res.stdout
+
+
 # ------------------------------------------------------------------ validation
 
 def test_valid_section_has_no_problems():
@@ -297,7 +451,7 @@ def test_valid_section_has_no_problems():
     ("ipsec:\n  local_id: {fqdn: a.example}\n  secrets_file: /s\n  proposals: {auth: {encryption: aes128, "
      "integrity: sha1, prf: sha256}}\n", "ipsec.proposals.auth.prf", "one of"),
     ("ipsec:\n  local_id: {fqdn: a.example}\n  secrets_file: /s\n  local_ts: [10.0.0.1/8]\n",
-     "ipsec.local_ts[0]", "host bits zero"),
+     "ipsec.local_ts[0]", "without host bits set (did you mean 10.0.0.0/8?)"),
     ("ipsec:\n  local_id: {fqdn: a.example}\n  secrets_file: /s\n  dpd_delay: soon\n",
      "ipsec.dpd_delay", "duration"),
     ("ipsec:\n  local_id: {fqdn: a.example}\n  secrets_file: /s\n  tunnels: {pri-wan9: {if_id: 3}}\n",
@@ -348,6 +502,11 @@ def test_an_invalid_section_is_refused_with_the_config(tmp_path, secrets):
 
 def test_empty_section_is_valid():
     assert problems("ipsec:\n") == []
+
+
+def test_empty_proposals_mean_automatic(tmp_path, secrets):
+    cfg = site(tmp_path, secrets, IPSEC + "  proposals: {}\n")
+    assert cfg.ipsec.init == cfg.ipsec.auth == ()
 
 
 # ------------------------------------------------------------------ steerd.xfrm

@@ -19,7 +19,7 @@ README = PKG.parent / "README.md"
 
 #: Lowest first. A module may import from its own layer or any layer below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("shared", ("abi", "yamlsrc", "units", "events", "mos")),
+    ("shared", ("abi", "yamlsrc", "units", "schema", "events", "mos")),
     ("pure core", ("config", "ipsec", "health", "silence", "sla", "schedule", "selection",
                    "rules", "controller", "status")),
     ("kernel adapters", ("dataplane", "probe", "xfrm", "sdnotify")),

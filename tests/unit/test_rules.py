@@ -157,10 +157,10 @@ BAD = [
     ("priority text", "rules:\n  - name: a\n    wan: wan1\n    priority: high\n", 4,
      "rules[0].priority"),
     ("match not a map", "rules:\n  - name: a\n    wan: wan1\n    match: [dst]\n", 4, "rules[0].match"),
-    ("rules not a list", "rules:\n  name: a\n", 2, "rules"),
+    # a problem with a key or a whole section points at the key, as in the config
+    ("rules not a list", "rules:\n  name: a\n", 1, "rules"),
     ("rule not a map", "rules:\n  - just-a-name\n", 2, "rules[0]"),
-    # yamlsrc keeps no line for keys: an unknown key is located by its value
-    ("unknown top key", "rule:\n  - {name: a, wan: wan1}\n", 2, "rule"),
+    ("unknown top key", "rule:\n  - {name: a, wan: wan1}\n", 1, "rule"),
     ("top not a map", "- {name: a, wan: wan1}\n", 1, "<top>"),
     ("ingress unknown", "rules:\n  - name: a\n    wan: wan1\n    match:\n      ingress: eth9\n", 5,
      "rules[0].match.ingress"),

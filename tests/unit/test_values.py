@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from steerd.config import parse_config
 from steerd.rules import parse_rules
-from steerd.rules.parse import _network
+from steerd.schema import parse_network
 from steerd.yamlsrc import ValidationError
 
 CONFIG = """site: branch-01
@@ -74,7 +74,7 @@ _OCTET = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "0
 @given(octets=st.lists(_OCTET, min_size=3, max_size=5), plen=st.one_of(
     st.integers(0, 40).map(str), st.sampled_from(["08", "", "x", "-1"])))
 def test_fast_ipv4_cidr_is_ipaddress(octets, plen):
-    """rules.parse._network: the same network or the same refusal as ip_network(strict)."""
+    """schema.parse_network: the same network or the same refusal as ip_network(strict)."""
     text = ".".join(octets) + "/" + plen
 
     def outcome(fn):
@@ -82,4 +82,4 @@ def test_fast_ipv4_cidr_is_ipaddress(octets, plen):
             return fn(text)
         except ValueError:
             return "refused"
-    assert outcome(_network) == outcome(lambda t: ipaddress.ip_network(t, strict=True))
+    assert outcome(parse_network) == outcome(lambda t: ipaddress.ip_network(t, strict=True))
