@@ -86,6 +86,7 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, misc, 4, PIN(misc));
 #ifdef WITH_RULES
 #include "rules.h"
 #endif
+#include "dup.h"
 
 /* The parsed packet, from the rules on. In a map value, not on the stack:
  * the verifier knows nothing of a value read from a map, so the rule search
@@ -209,8 +210,8 @@ int steer(struct __sk_buff *skb)
         bump_misc(2);
         return TC_ACT_SHOT;
     }
-    if (v.kind == RV_TUNNEL)
-        t = v.tunnel;
+    if (v.kind == RV_TUNNEL)   /* a duplicated rule's entry: see dup.h */
+        t = v.tunnel & DUP_FLAG ? dup_tag(skb, v.tunnel) : v.tunnel;
 #endif
     if (t == NO_TUNNEL)
         t = spread(pm, cfg, site);

@@ -80,7 +80,23 @@ class RlRule(ct.Structure):
                 ("prio", ct.c_uint32)]
 
 
+# ---- dup.h: packet duplication --------------------------------------------------
+#: A wan-table value with this bit set indexes dup_tab (tunnel ids stay below it).
+DUP_FLAG = 0x40000000
+#: Entries of dup_tab and dup_stats (index 0 unused: skb->tc_index 0 = no copy).
+DUP_MAX = 4096
+
+
+class DupEntry(ct.Structure):
+    """struct dup_entry, one per duplicated rule and site that copies now."""
+
+    _fields_ = [("tunnel", ct.c_uint32), ("src_ifindex", ct.c_uint32),
+                ("ifindex", ct.c_uint32), ("copy_tunnel", ct.c_uint32), ("rewrite", ct.c_uint32),
+                ("mac", ct.c_uint8 * 12)]
+
+
 #: Python mirrors of C structs, by C name (the contract test compares the layouts).
-STRUCTS: dict[str, type[ct.Structure]] = {"steer_cfg": SteerCfg, "rl_cfg": RlCfg, "rl_rule": RlRule}
+STRUCTS: dict[str, type[ct.Structure]] = {"steer_cfg": SteerCfg, "rl_cfg": RlCfg, "rl_rule": RlRule,
+                                          "dup_entry": DupEntry}
 #: C name prefixes mirrored completely: a C #define with one of these has a twin here.
 COMPLETE_PREFIXES = ("FH_", "RL_F_", "RV_", "RL_FB_")

@@ -128,9 +128,23 @@ class Daemon:
         c = controller or self.controller
         table = dict(c.wan_tunnels(site) if wan_tunnels is None else wan_tunnels)
         if self.quality is not None:
-            table.update({k: None if t is None else c.tunnel_id(t)
-                          for k, t in self.quality.resolved(site).items()})
+            copies = self.quality.copies(site)
+            for k, t in self.quality.resolved(site).items():
+                tid = None if t is None else c.tunnel_id(t)
+                if tid is not None and k in copies:   # a duplicated rule: see ebpf/dup.h
+                    dup = self.dp.dup_value(c.site_ids[site], k, tid, c.tunnel_id(copies[k]))
+                    tid = tid if dup is None else dup
+                table[k] = tid
         return table
+
+    def _release_dups(self, controller: Hub | None = None) -> None:
+        """After every site's wan table was written: free the duplication entries
+        no row names any more."""
+        c = controller or self.controller
+        keys = set()
+        if self.quality is not None:
+            keys = {(sid, k) for i, sid in enumerate(c.site_ids) for k in self.quality.copies(i)}
+        self.dp.dup_keep_only(keys)
 
     def wan_rows(self, controller: Hub | None = None) -> dict[int, dict[str, int | None]]:
         """Every site's wan-table row: site id -> wan key -> tunnel id."""
@@ -160,9 +174,13 @@ class Daemon:
         for si, site in enumerate(cfg.sites):   # each site decides among its own tunnels
             role, off = c.active_role(si), c.offsets[si]
             active = {t.wan: off + k for k, t in enumerate(site.tunnels) if t.ha_role == role}
-            changed |= self.quality.decide(views, active, si)
+            changed |= self.quality.decide(views, active, si, now)
         for ch in changes:
             self.events.emit(ch.type, ch.reason, ch.tunnel, **{"class": ch.cls}, **ch.measured)
+        for d in self.quality.dup_changes:
+            self.events.emit(d.type, d.reason, d.tunnel, rule=d.rule, copy=d.copy,
+                             loss_pct=d.loss_pct, site=cfg.sites[d.site].name)
+        self.quality.dup_changes.clear()
         return changed
 
     def _write_quality(self) -> None:
@@ -175,6 +193,7 @@ class Daemon:
         try:
             for i, sid in enumerate(self.controller.site_ids):
                 self.rulemaps.set_wan_tunnels(self.wan_table(i), sid)
+            self._release_dups()
         except Exception as exc:
             self._dirty = True
             self._loop_error("dataplane", exc)
@@ -639,6 +658,7 @@ class Daemon:
                 self.quality = old_plan     # all or nothing: the running rules keep their plan
                 raise
             self.ruleset = ruleset
+            self._release_dups()
         self._dirty = True   # pins follow the wan -> tunnel map as it is now
         self._resync()
         await self.apply_qos()

@@ -137,7 +137,36 @@ class SteerdCollector:
             for name, hits in d.rulemaps.hits().items():
                 rule_hits.add_metric([name], hits)
         yield rule_hits
+        yield from _duplication(d, site_names)
         yield from d.hooks.metrics()
+
+
+def _duplication(d, site_names: list[str]):
+    """Copies sent by duplicated rules: per rule (and site), and per copy tunnel."""
+    if getattr(d, "quality", None) is None or not d.quality.dups:
+        return
+    c = d.controller
+    rule_of = {key: name for key, (name, _) in d.quality.dups.items()}
+    site_of_id = {sid: site_names[i] for i, sid in enumerate(c.site_ids)}
+    counts = d.dp.dup_counts()
+    for what, col in (("packets", 0), ("bytes", 1)):
+        m = CounterMetricFamily(f"steerd_rule_duplicated_{what}",
+                                f"{what} copied onto a second tunnel per duplicated rule",
+                                labels=["rule", "site"])
+        for (sid, key), v in sorted(counts.items()):
+            if key in rule_of and sid in site_of_id:
+                m.add_metric([rule_of[key], site_of_id[sid]], v[col])
+        yield m
+    per_tunnel = d.dp.dup_tunnel_counts()
+    for what, col in (("packets", 0), ("bytes", 1)):
+        m = CounterMetricFamily(f"steerd_tunnel_duplicate_tx_{what}",
+                                f"copies ({what}) sent on the tunnel for duplicated rules",
+                                labels=LABELS)
+        for i, t in enumerate(d.cfg.tunnels):
+            v = per_tunnel.get(c.tunnel_id(i))
+            if v is not None:
+                m.add_metric([t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]], v[col])
+        yield m
 
 
 def serve(daemon, listen: str) -> int:

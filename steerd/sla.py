@@ -30,6 +30,18 @@ A rule lists WAN roles in preference order. Its flows go to the first listed
 WAN whose tunnel (in the site's active HA role) is up and in the SLA; if none
 is, to the up tunnel with the best estimated MOS (ties: list order); if none is
 up, to the rule's ``fallback``.
+
+Duplication
+-----------
+A rule with ``duplicate:`` also sends a copy of each packet on the next-best
+tunnel that is up (:func:`choose_copy`): the rule's other listed WANs by the
+same order (in the SLA first, in list order; else the best MOS), and when the
+rule lists no other WAN that is up, the site's other tunnels in its active HA
+role by MOS. ``duplicate: {when_loss_above: X%}`` copies only while the chosen
+tunnel's measured loss is above X: on as soon as the probe window shows it,
+off once both the window and the longer horizon are at or below X for
+``DUP_OFF_HOLD`` (a copy costs bandwidth, not flows: turning it on early and
+off late is the cheap side to err on).
 """
 from __future__ import annotations
 
@@ -46,6 +58,8 @@ MOS_MARGIN = 0.1          # ... and at >= min_mos + 0.1
 LONG_LOSS_SAMPLES = 30    # the longer loss horizon a loss breach must also show
 DAMPING_PERIOD = 1800.0   # s: leaves this recent double the restore hold
 MAX_DAMPING = 4           # at most this factor
+
+DUP_OFF_HOLD = 30.0       # s at or below a when_loss_above threshold before copies stop
 
 LIMIT_KEYS = ("max_loss_pct", "max_latency_ms", "max_jitter_ms", "min_mos")
 
@@ -254,6 +268,45 @@ def choose(cands: Sequence[Candidate], cls: str | None = None) -> Choice:
                   f"none meets {cls}: {best.wan} has the best quality ({mos})")
 
 
+def choose_copy(cands: Sequence[Candidate], chosen: int | None,
+                others: Sequence[Candidate] = ()) -> Candidate | None:
+    """Where a duplicated rule's copies go: the next-best up tunnel after
+    *chosen* (module docstring). *cands*: the rule's listed WANs; *others*: the
+    site's other tunnels in its active HA role. None: nowhere (no copy)."""
+    if chosen is None:
+        return None
+    rest = [(i, c) for i, c in enumerate(cands) if c.tunnel is not None and c.up
+            and c.tunnel != chosen]
+    for _, c in rest:
+        if c.in_sla:
+            return c
+    pool = rest or [(i, c) for i, c in enumerate(others) if c.tunnel is not None and c.up
+                    and c.tunnel != chosen]
+    if not pool:
+        return None
+    return max(pool, key=lambda ic: (ic[1].mos if ic[1].mos is not None else -1.0, -ic[0]))[1]
+
+
+@dataclass(frozen=True)
+class DupChange:
+    """A ``when_loss_above`` rule started (``duplication_on``) or stopped
+    (``duplication_off``) copying its packets."""
+
+    type: str
+    rule: str
+    site: int
+    tunnel: str
+    copy: str | None
+    reason: str
+    loss_pct: float | None
+
+
+@dataclass
+class _DupState:
+    on: bool = False
+    good_since: float | None = None
+
+
 @dataclass(frozen=True)
 class TunnelView:
     """What the plan needs of a tunnel at an evaluation."""
@@ -276,27 +329,38 @@ class QualityPlan:
 
     def __init__(self, rules: Sequence, classes: dict[str, SlaLimits]):
         self.entries: dict[str, tuple[tuple[str, ...], str | None, SlaLimits | None]] = {}
+        # duplicated rules: wan_key -> (rule name, loss threshold % or None = always)
+        self.dups: dict[str, tuple[str, float | None]] = {}
         for r in rules:
             if r.quality and r.wan_key not in self.entries:
                 limits = classes[r.sla] if isinstance(r.sla, str) else r.sla
                 self.entries[r.wan_key] = (r.choices, r.sla_class, limits)
+            if r.duplicate:
+                self.dups[r.wan_key] = (r.name, r.dup_loss_above)
         self.classes = {cls: lim for _, cls, lim in self.entries.values() if cls is not None}
         self.trackers: dict[tuple[str, str], SlaTracker] = {}
         self._mos: dict[tuple[str, str], float | None] = {}     # (tunnel, class) -> last MOS
         self.choices: dict[tuple[int, str], Choice] = {}        # (site, wan_key) -> choice
+        self.copy: dict[tuple[int, str], Candidate | None] = {}  # (site, wan_key) -> copy to
+        self._dup: dict[tuple[int, str], _DupState] = {}
+        self.dup_changes: list[DupChange] = []     # for the daemon's events (it empties it)
 
     def carry_over(self, old: "QualityPlan") -> None:
-        """Keep the in/out state of the trackers a reload leaves unchanged."""
+        """Keep the in/out state of the trackers a reload leaves unchanged (and
+        whether an unchanged duplicated rule copies)."""
         for key, tr in old.trackers.items():
             if self.classes.get(key[1]) == tr.limits:
                 self.trackers[key] = tr
+        for (site, key), st in old._dup.items():
+            if self.dups.get(key) == old.dups.get(key):
+                self._dup[site, key] = st
 
     def evaluate(self, tunnels: Sequence[TunnelView], active: dict[str, int],
                  now: float) -> tuple[bool, list[SlaChange]]:
         """One site: :meth:`track` then :meth:`decide`. Returns (a decision
         changed, the SLA transitions)."""
         changes = self.track(tunnels, now)
-        return self.decide(tunnels, active), changes
+        return self.decide(tunnels, active, now=now), changes
 
     def track(self, tunnels: Sequence[TunnelView], now: float) -> list[SlaChange]:
         """Update every tunnel's tracker of every class in use (once per round:
@@ -314,28 +378,75 @@ class QualityPlan:
                     changes.append(c)
         return changes
 
-    def decide(self, tunnels: Sequence[TunnelView], active: dict[str, int], site: int = 0) -> bool:
+    def _candidate(self, wan: str, i: int | None, tunnels: Sequence[TunnelView],
+                   cls: str | None) -> Candidate:
+        if i is None:
+            return Candidate(wan, None)
+        t = tunnels[i]
+        tr = self.trackers.get((t.name, cls)) if cls else None
+        if cls:
+            mos = self._mos.get((t.name, cls))
+        else:   # a duplicated rule without a class still ranks its copy tunnels
+            mos = Measure.of(t.stats).mos if t.stats is not None else None
+        return Candidate(wan, i, t.name, t.up, tr.in_sla if tr else True, mos,
+                         tr.why if tr else "")
+
+    def decide(self, tunnels: Sequence[TunnelView], active: dict[str, int], site: int = 0,
+               now: float = 0.0) -> bool:
         """Each quality rule's choice for one *site*. *active*: wan role -> index
         (in *tunnels*) of the site's tunnel of that role in its active HA role; the
-        choice's tunnel is that index. True when a choice changed."""
+        choice's tunnel is that index. True when a choice (or a copy) changed."""
         changed = False
         for key, (choices, cls, _) in self.entries.items():
-            cands = []
-            for wan in choices:
-                i = active.get(wan)
-                if i is None:
-                    cands.append(Candidate(wan, None))
-                    continue
-                t = tunnels[i]
-                tr = self.trackers.get((t.name, cls)) if cls else None
-                mos = self._mos.get((t.name, cls)) if cls else None
-                cands.append(Candidate(wan, i, t.name, t.up, tr.in_sla if tr else True, mos,
-                                       tr.why if tr else ""))
+            cands = [self._candidate(wan, active.get(wan), tunnels, cls) for wan in choices]
             choice = choose(cands, cls)
             if self.choices.get((site, key)) != choice:
                 changed = True
             self.choices[site, key] = choice
+            if key in self.dups:
+                others = [self._candidate(wan, i, tunnels, cls) for wan, i in active.items()
+                          if wan not in choices]
+                copy = choose_copy(cands, choice.tunnel, others)
+                if not self._copying(site, key, choice, tunnels, copy, now):
+                    copy = None
+                if self.copy.get((site, key)) != copy:
+                    changed = True
+                self.copy[site, key] = copy
         return changed
+
+    def _copying(self, site: int, key: str, choice: Choice, tunnels: Sequence[TunnelView],
+                 copy: Candidate | None, now: float) -> bool:
+        """Whether a duplicated rule copies now: always, or per its loss threshold."""
+        name, above = self.dups[key]
+        if above is None:
+            return True
+        st = self._dup.setdefault((site, key), _DupState())
+        t = tunnels[choice.tunnel] if choice.tunnel is not None else None
+        loss = t.stats.loss_ratio * 100 if t is not None and t.stats is not None else None
+        long = t.long_loss * 100 if t is not None and t.long_loss is not None else None
+        was = st.on
+        if loss is not None and loss > above:
+            st.on, st.good_since = True, None
+        elif st.on and (long is None or long <= above):
+            if st.good_since is None:
+                st.good_since = now
+            if now - st.good_since >= DUP_OFF_HOLD:
+                st.on, st.good_since = False, None
+        else:
+            st.good_since = None
+        if st.on != was:
+            tname = t.name if t is not None else "-"
+            why = (f"loss {_g(loss)} % > {_g(above)} %" if st.on else
+                   f"loss at or below {_g(above)} % for {_g(DUP_OFF_HOLD)} s")
+            self.dup_changes.append(DupChange("duplication_on" if st.on else "duplication_off",
+                                              name, site, tname,
+                                              copy.name if copy is not None else None, why, loss))
+        return st.on
+
+    def copies(self, site: int = 0) -> dict[str, int]:
+        """One site's duplicated rules that copy now: wan_key -> copy tunnel index."""
+        return {key: c.tunnel for (s, key), c in self.copy.items()
+                if s == site and c is not None and c.tunnel is not None}
 
     def resolved(self, site: int = 0) -> dict[str, int | None]:
         """One site's wan-table entries of the quality rules (None: fallback)."""
@@ -346,8 +457,12 @@ class QualityPlan:
         c = self.choices.get((site, wan_key))
         if c is None:
             return {"now": None, "decision": "pending", "why": "not evaluated yet"}
-        return {"now": names[c.tunnel] if c.tunnel is not None else None, "now_wan": c.wan,
-                "decision": c.kind, "why": c.reason}
+        out = {"now": names[c.tunnel] if c.tunnel is not None else None, "now_wan": c.wan,
+               "decision": c.kind, "why": c.reason}
+        if wan_key in self.dups:
+            copy = self.copy.get((site, wan_key))
+            out["copy"] = names[copy.tunnel] if copy is not None else None
+        return out
 
     def sla_states(self) -> list[tuple[str, str, bool]]:
         """(tunnel, class, in SLA) for every tracker, for metrics."""

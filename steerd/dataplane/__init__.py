@@ -16,7 +16,7 @@ from array import array
 from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
-from . import qos, routes, tc, upstream
+from . import duplicate, qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
 from .program import TUNNELS_PER_SITE, Classifier, ProgramParams, remove_pins, tunnel_ids
 
@@ -184,6 +184,10 @@ class Dataplane(Protocol):
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
     def relayout(self, new: Layout) -> None: ...
     def rule_maps(self): ...
+    def dup_value(self, site: int, key: str, tunnel: int, copy: int) -> int | None: ...
+    def dup_keep_only(self, keys: set[tuple[int, str]]) -> None: ...
+    def dup_counts(self) -> dict[tuple[int, str], tuple[int, int]]: ...
+    def dup_tunnel_counts(self) -> dict[int, tuple[int, int]]: ...
 
 
 def bump_slots(current: SlotTable, slots: list[int], keep_flows_of: frozenset[int]) -> tuple[SlotTable, list[int]]:
@@ -207,6 +211,7 @@ class KernelDataplane:
         self._tunnel_rows: dict[int, tuple[int, int]] = {}   # tunnel id -> (mark, up) written
         self._marks_of: tuple[Layout | None, dict[int, int]] = (None, {})
         self.upstream: upstream.UpstreamCounter | None = None
+        self.duplicator: duplicate.Duplicator | None = None
         self._rule_maps = None
 
     def rule_maps(self):
@@ -235,6 +240,7 @@ class KernelDataplane:
         fresh = SlotTable([NO_TUNNEL] * lay.nslots, [0] * lay.nslots)
         self.slots = {s.id: (adopted or {}).get(s.id) or SlotTable(list(fresh.tunnel), list(fresh.ver))
                       for s in lay.sites}
+        self.duplicator = duplicate.Duplicator(self.prog, self._tunnel_interfaces())
         if before_attach:
             before_attach(self.prog)
         for ifname in lay.ingress:
@@ -244,6 +250,24 @@ class KernelDataplane:
                  ",".join(lay.ingress), len(lay.sites), len(lay.tunnels), lay.nslots,
                  " (adopted pinned state)" if adopted else "")
         return adopted
+
+    # -- duplication (ebpf/dup.h, dataplane/duplicate.py) ----------------------
+    def dup_value(self, site: int, key: str, tunnel: int, copy: int) -> int | None:
+        """The wan-table value for *key* at *site* that copies *tunnel*'s packets
+        onto *copy* (tunnel ids); None: no copy possible, use *tunnel*."""
+        return self.duplicator.value(site, key, tunnel, copy)
+
+    def dup_keep_only(self, keys: set[tuple[int, str]]) -> None:
+        """Release every (site, key) entry not in *keys* (the wan table no longer names them)."""
+        self.duplicator.keep_only(keys)
+
+    def dup_counts(self) -> dict[tuple[int, str], tuple[int, int]]:
+        """Copies sent (packets, bytes) per (site id, wan_key)."""
+        return self.duplicator.counts() if self.duplicator else {}
+
+    def dup_tunnel_counts(self) -> dict[int, tuple[int, int]]:
+        """Copies sent (packets, bytes) per copy tunnel id."""
+        return self.duplicator.tunnel_counts() if self.duplicator else {}
 
     def _start_upstream(self) -> None:
         try:
@@ -362,6 +386,8 @@ class KernelDataplane:
                       for s in new.sites}
         if self.upstream:
             self.upstream.set_interfaces(self._tunnel_interfaces())
+        if self.duplicator:
+            self.duplicator.set_interfaces(self._tunnel_interfaces())
 
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
         """HTB caps with priority bands on capped tunnels' egress; none elsewhere.
@@ -505,8 +531,9 @@ def cleanup_kernel(layout: Layout) -> dict[str, int]:
     removed_routes = routes.remove([t.table for t in layout.tunnels], layout.rule_priority)
     pins = remove_pins(layout.pin_dir)
     counters = upstream.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
-    return {"filters": filters, "upstream_filters": counters, "shapers": shapers,
-            "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
+    dups = duplicate.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
+    return {"filters": filters, "upstream_filters": counters, "dup_filters": dups,
+            "shapers": shapers, "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
 
 
 def _exists(ifname: str) -> bool:

@@ -12,7 +12,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from ..abi import MAX_TUNNELS, NO_TUNNEL  # noqa: F401  (NO_TUNNEL: re-exported)
+from ..abi import DUP_MAX, MAX_TUNNELS, NO_TUNNEL  # noqa: F401  (NO_TUNNEL: re-exported)
 from .sources import ebpf_dir, inline_includes
 
 #: hub mode: tunnel id = site id x 6 + position in the site (3 tunnels per HA role)
@@ -40,6 +40,7 @@ class ProgramParams:
             f"-DMAX_RANGES={max(1024, 64 * self.max_sites)}",
             f"-DFLOW_TABLE_SIZE={self.flow_table_size}",
             f'-DPIN_DIR="{self.pin_dir}"',
+            f"-DDUP_MAX={DUP_MAX}",
         ]
         if with_rules:
             flags.append("-DWITH_RULES")
@@ -91,6 +92,8 @@ class Classifier:
         self.fd: int = self.fn.fd
         # egress classifier for capped tunnels (HTB priority bands)
         self.qos_fd: int = self.bpf.load_func("qos_classify", BPF.SCHED_CLS).fd
+        # tunnel egress while a rule duplicates (ebpf/dup.h)
+        self.dup_fd: int = self.bpf.load_func("dup_egress", BPF.SCHED_CLS).fd
         _release_compiler_heap()
 
     def table(self, name: str):

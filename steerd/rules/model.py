@@ -33,7 +33,8 @@ DSCP_NAMES.update({f"cs{i}": 8 * i for i in range(8)})
 DSCP_NAMES.update({f"af{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)})
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")   # fullmatch: "$" would let "a\n" through
-RULE_KEYS = ("name", "match", "wan", "sla", "fallback", "priority", "site")
+RULE_KEYS = ("name", "match", "wan", "sla", "fallback", "priority", "site", "duplicate",
+             "allow_tcp")
 MATCH_KEYS = ("src", "src_not", "dst", "dst_not", "proto", "src_port", "dst_port",
                "dscp", "ingress")
 
@@ -108,6 +109,9 @@ class Rule:
     line: int = field(default=0, compare=False)   # where it was written (0: unknown); not identity
     wans: tuple[str, ...] = ()      # `wan: [a, b]`: preference order, `wan` is the first; () = one
     sla: str | SlaLimits | None = None   # a class of the config's sla_classes, or inline limits
+    duplicate: bool = False         # a copy of each packet on the next-best tunnel that is up
+    dup_loss_above: float | None = None  # ... only while its tunnel's loss is above this %
+    allow_tcp: bool = False         # duplicate a TCP-only match anyway
 
     @property
     def choices(self) -> tuple[str, ...]:
@@ -118,7 +122,7 @@ class Rule:
     def quality(self) -> bool:
         """Steered by the daemon's quality decision (a list or an SLA) rather than
         pinned to one role: the data path looks up :attr:`wan_key` instead."""
-        return len(self.choices) > 1 or self.sla is not None
+        return len(self.choices) > 1 or self.sla is not None or self.duplicate
 
     @property
     def sla_class(self) -> str | None:
@@ -133,10 +137,13 @@ class Rule:
         """The entry of the data path's wan table this rule's flows follow: the role
         itself, or for a quality rule one the daemon writes with its decision
         (``@wan1,wan2|realtime``; rules with the same list and class share it).
-        ``@`` is not allowed in role names, so the two never collide."""
+        ``@`` is not allowed in role names, so the two never collide. A duplicated
+        rule has an entry of its own (``...#dup:NAME``): its copies are counted
+        per rule, and its entry names the copy tunnel too (ebpf/dup.h)."""
         if not self.quality:
             return self.wan
-        return "@" + ",".join(self.choices) + (f"|{self.sla_class}" if self.sla else "")
+        key = "@" + ",".join(self.choices) + (f"|{self.sla_class}" if self.sla else "")
+        return key + (f"#dup:{self.name}" if self.duplicate else "")
     sites: tuple[str, ...] = ()     # hub mode: the sites it applies to; () = every site
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +152,11 @@ class Rule:
                                "fallback": self.fallback}
         if self.sla is not None:
             out["sla"] = self.sla if isinstance(self.sla, str) else self.sla.as_dict()
+        if self.duplicate:
+            out["duplicate"] = True if self.dup_loss_above is None else \
+                {"when_loss_above": f"{self.dup_loss_above:g}%"}
+        if self.allow_tcp:
+            out["allow_tcp"] = True
         if self.priority is not None:
             out["priority"] = self.priority
         if self.sites:
@@ -160,6 +172,9 @@ class Rule:
         to = f"[{', '.join(self.wans)}]" if self.wans else self.wan
         if self.sla is not None:
             to += f" sla {self.sla_class}"
+        if self.duplicate:
+            to += " duplicate" + (f" when loss > {self.dup_loss_above:g}%"
+                                  if self.dup_loss_above is not None else "")
         where = f" at site {','.join(self.sites)}" if self.sites else ""
         return f"{cond}{where} -> {to} (fallback {self.fallback})"
 

@@ -11,6 +11,7 @@ from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT
                                 PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
 from steerd.sla import LIMIT_KEYS, SlaLimits
 from steerd.schema import BAD, Checker, missing, parse_network, unknown_key
+from steerd.units import parse_percent
 from steerd.yamlsrc import Node, Problem, ValidationError, gc_paused, load_yaml, read_text
 
 
@@ -216,6 +217,49 @@ def _parse_sla(ctx: Checker, node: Node, key: str,
     return v
 
 
+_DUP_EXPECTED = "true, false or {when_loss_above: PERCENT} (such as {when_loss_above: 1%})"
+_TCP_ONLY = ("a match that is not TCP-only, or allow_tcp: true: duplication is meant for "
+             "real-time UDP (RTP and the like drop duplicates); the copy reaches the site "
+             "host, and TCP takes duplicate segments for loss (duplicate ACKs, spurious "
+             "retransmissions)")
+
+
+def _parse_duplicate(ctx: Checker, r: dict[str, Node], key: str,
+                     match: Match) -> tuple[bool, float | None, bool]:
+    """``duplicate: true`` or ``{when_loss_above: 1%}``, and ``allow_tcp``:
+    (duplicate, loss threshold in % or None for always, allow_tcp)."""
+    dup, above, allow = False, None, False
+    if "allow_tcp" in r:
+        n = r["allow_tcp"]
+        if n.tag != "scalar" or not isinstance(n.value, bool):
+            ctx.fail(n, f"{key}.allow_tcp", n.plain(), "true or false")
+        else:
+            allow = n.value
+    dup_problems = len(ctx.problems)
+    if "duplicate" in r:
+        n = r["duplicate"]
+        if n.tag == "scalar" and isinstance(n.value, bool):
+            dup = n.value
+        elif n.tag == "map" and set(n.value) == {"when_loss_above"}:
+            v = n.value["when_loss_above"]
+            try:
+                above = parse_percent(v.value if v.tag == "scalar" else None)
+                if not 0 < above < 100:
+                    raise ValueError
+                dup = True
+            except ValueError:
+                ctx.fail(v, f"{key}.duplicate.when_loss_above", v.plain(),
+                        "a loss percentage above 0 and below 100, such as 1%")
+        else:
+            ctx.fail(n, f"{key}.duplicate", n.plain(), _DUP_EXPECTED)
+    if allow and not dup and len(ctx.problems) == dup_problems:
+        ctx.fail(r["allow_tcp"], f"{key}.allow_tcp", True,
+                "allow_tcp only with duplicate (it lets a TCP-only match be duplicated)")
+    if dup and not allow and match.proto == frozenset({6}):
+        ctx.fail(r["duplicate"], f"{key}.duplicate", r["duplicate"].plain(), _TCP_ONLY)
+    return dup, above, allow
+
+
 def _parse_sites(ctx: Checker, r: dict[str, Node], key: str, listed: list[str], fallback: Any,
                  sites: Mapping[str, Collection[str]] | None) -> tuple[str, ...]:
     """`site: NAME` or a list (hub mode): the rule applies at those sites only,
@@ -289,11 +333,12 @@ def _parse_rule(ctx: Checker, node: Node, idx: int, wans: set[str] | None,
                             or not 1 <= priority <= 255):
         ctx.fail(r["priority"], f"{key}.priority", r["priority"].plain(), "an integer 1..255")
     rule_sites = _parse_sites(ctx, r, key, listed or [], fallback, sites)
+    dup, dup_above, allow_tcp = _parse_duplicate(ctx, r, key, match)
     if len(ctx.problems) != before:
         return None
     return Rule(name=name, match=match, wan=wan, fallback=fallback, priority=priority,
                 line=node.line, wans=tuple(listed) if len(listed) > 1 else (), sla=sla,
-                sites=rule_sites)
+                sites=rule_sites, duplicate=dup, dup_loss_above=dup_above, allow_tcp=allow_tcp)
 
 
 def _validate(root: Node, path: str, wans: set[str] | None, ingress: set[str] | None,

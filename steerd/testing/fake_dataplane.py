@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from steerd.abi import NO_TUNNEL
+from steerd.abi import DUP_FLAG, NO_TUNNEL
 from steerd.dataplane import Layout, SlotTable, bump_slots
 from steerd.dataplane.program import TUNNELS_PER_SITE
 
@@ -19,6 +19,7 @@ class FakeDataplane:
     slots: dict[int, SlotTable] | None = None        # None until started
     packets: list[tuple[int, int]] = field(default_factory=list)
     rule_limits: object = None      # rules.Limits of the fake rule maps (default: the real ones)
+    dups: dict = field(default_factory=dict)   # (site id, wan_key) -> (index, tunnel, copy)
     _rule_maps: object = None
 
     def rule_maps(self):
@@ -73,6 +74,23 @@ class FakeDataplane:
 
     def recount(self) -> list[str]:
         return []
+
+    def dup_value(self, site: int, key: str, tunnel: int, copy: int) -> int | None:
+        """Like the kernel's: DUP_FLAG | an index per (site, key), entries kept in `dups`."""
+        old = self.dups.get((site, key))
+        idx = old[0] if old else max((v[0] for v in self.dups.values()), default=0) + 1
+        self.dups[site, key] = (idx, tunnel, copy)
+        return DUP_FLAG | idx
+
+    def dup_keep_only(self, keys: set[tuple[int, str]]) -> None:
+        for k in [k for k in self.dups if k not in keys]:
+            del self.dups[k]
+
+    def dup_counts(self) -> dict[tuple[int, str], tuple[int, int]]:
+        return {k: (0, 0) for k in self.dups}
+
+    def dup_tunnel_counts(self) -> dict[int, tuple[int, int]]:
+        return {}
 
     def close(self) -> None:
         pass
