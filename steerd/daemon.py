@@ -72,6 +72,8 @@ class Daemon:
         self.quality = None              # sla.QualityPlan of the rules with a wan list or an SLA
         self._quality_at = -QUALITY_EVERY
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
+        self.links = None                # LinkEvents: tunnel interfaces (re)created
+        self._links_seen: dict[str, int] | None = {}   # announced, not yet relinked (None: lost)
         self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
         self.loop_errors: dict[str, int] = {}
         self.heartbeat = time.monotonic()   # last probe-loop iteration that completed
@@ -333,6 +335,44 @@ class Daemon:
             self.apply(*self.controller.link_state(i, "down", now))
             self.events.emit("link_down", reason, name, old=old, new="down", **self.site_of(i))
 
+    # -- link events: a tunnel interface created or recreated (IKE restart) ----
+    def _start_links(self) -> None:
+        from .dataplane.links import LinkEvents
+        try:
+            self.links = LinkEvents()
+        except OSError as exc:
+            log.warning("no link events (a recreated tunnel interface gets its upstream "
+                        "counter at the next reload): %s", exc)
+            return
+        asyncio.get_running_loop().add_reader(self.links.fileno(), self._links_readable)
+
+    def _links_readable(self) -> None:
+        """Link announcements pile up here; one relink job at a time takes them
+        (the data path is written in a worker thread, like every long write)."""
+        try:
+            seen = self.links.read()
+        except Exception as exc:
+            self._loop_error("link events", exc)
+            return
+        first = self._links_seen == {}
+        if seen is None or self._links_seen is None:
+            self._links_seen = None
+        else:
+            self._links_seen.update(seen)
+        if first:
+            self._spawn(self._relink(), "link events")
+
+    async def _relink(self) -> None:
+        async with self._dp_job:
+            seen, self._links_seen = self._links_seen, {}
+            taken = await asyncio.to_thread(self.dp.relink, seen)
+        if taken:
+            log.info("tunnel interface %s appeared: upstream counter and routes on it",
+                     ", ".join(taken))
+        for p in self.probers:
+            if p.interface in taken:
+                p.rebind()   # SO_BINDTODEVICE holds the old interface's index
+
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         for tr in transitions:
             if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.measured_of(i) == "down"):
@@ -552,6 +592,7 @@ class Daemon:
         if self.probing:
             self._start_probing(now)
             self._start_xfrm()
+            self._start_links()
             self.heartbeat = time.monotonic()
             tasks.append(self._supervise("probe loop", self.probe_loop()))
         tasks.append(self._supervise("watchdog loop", sdnotify.watchdog_loop(

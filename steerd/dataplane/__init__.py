@@ -179,7 +179,7 @@ class Dataplane(Protocol):
     def slot_load(self) -> list[int]: ...
     def upstream_packets(self) -> Sequence[int] | None: ...
     def traffic(self, which: list[int]) -> list[tuple[int, float | None, int]] | None: ...
-    def recount(self) -> list[str]: ...
+    def relink(self, seen: dict[str, int] | None) -> list[str]: ...
     def cleanup(self) -> dict[str, int]: ...
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None: ...
     def relayout(self, new: Layout) -> None: ...
@@ -212,6 +212,7 @@ class KernelDataplane:
         self._marks_of: tuple[Layout | None, dict[int, int]] = (None, {})
         self.upstream: upstream.UpstreamCounter | None = None
         self.duplicator: duplicate.Duplicator | None = None
+        self._routes_due: set[str] = set()     # recreated tunnel interfaces whose routes wait
         self._rule_maps = None
 
     def rule_maps(self):
@@ -284,10 +285,33 @@ class KernelDataplane:
     def _tunnel_interfaces(self) -> dict[int, str]:
         return {t.tid: t.interface for t in self.layout.tunnels}
 
-    def recount(self) -> list[str]:
-        """Tunnel interfaces created or recreated since: counted from now on.
-        Returns the ones still missing (none without the counter)."""
-        return self.upstream.set_interfaces(self._tunnel_interfaces()) if self.upstream else []
+    def relink(self, seen: dict[str, int] | None) -> list[str]:
+        """Links the kernel announced (name -> ifindex; None: some were lost).
+        A tunnel interface among them with an ifindex the upstream counter does
+        not count was created or recreated (an IKE restart): the counter takes
+        it up and its routes, which died with the old interface, come back
+        (once it is up: the kernel refuses routes through a link that is down,
+        so they are retried at its next announcement). Returns the tunnel
+        interfaces taken up."""
+        if self.upstream is None:
+            return []
+        names = {t.interface for t in self.layout.tunnels}
+        before = dict(self.upstream.counted.values())
+        taken: list[str] = []
+        if seen is None or any(before.get(n) != i for n, i in seen.items() if n in names):
+            self.upstream.set_interfaces(self._tunnel_interfaces())
+            taken = sorted(n for n, i in self.upstream.counted.values() if before.get(n) != i)
+        self._routes_due = (self._routes_due | set(taken)) & names
+        if self._routes_due and (seen is None or self._routes_due & set(seen)):
+            lay = self.layout
+            try:
+                routes.install([tb for tb in lay.route_tables()
+                                if any(i in self._routes_due for _, i in tb.routes)],
+                               lay.mark_mask, lay.rule_priority)
+                self._routes_due = set()
+            except Exception as exc:   # NetlinkError: the link is not up yet
+                log.debug("routes through %s not restored yet: %s", ", ".join(self._routes_due), exc)
+        return taken
 
     def _map(self, name: str):
         from .rulemaps import _Map   # bcc-backed: imported late, like the program

@@ -141,6 +141,13 @@ class Lab:
             ns_sh(ns, "ip", "-6", "addr", "add", f"{a6}/64", "dev", ifname, "nodad")
             sysctl(ns, f"net.ipv4.conf.{ifname}.rp_filter=0")
 
+    def recreate(self, name: str) -> None:
+        """Delete tunnel *name*'s veth pair and make it again (same names and
+        addresses, new ifindexes): what an IKE restart can do to an XFRM interface."""
+        t = self.tunnel(name)
+        ns_sh(self.gw, "ip", "link", "del", t.gw_if)
+        self._tunnel(t)
+
     def down(self) -> None:
         present = namespaces()
         for ns in (self.core, self.gw, self.site):

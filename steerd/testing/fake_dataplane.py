@@ -72,7 +72,7 @@ class FakeDataplane:
     def traffic(self, which: list[int]) -> list[tuple[int, float | None, int]] | None:
         return None
 
-    def recount(self) -> list[str]:
+    def relink(self, seen: dict[str, int] | None) -> list[str]:
         return []
 
     def dup_value(self, site: int, key: str, tunnel: int, copy: int) -> int | None:

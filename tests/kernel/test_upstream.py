@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from steerd.config import load_config
 from steerd.lab.impair import set_drop
 from steerd.lab.netns import ns_sh
 from steerd.lab.runner import send, send_up, wait_for
@@ -96,3 +97,44 @@ def test_traffic_patterns_and_loss_cause_no_false_down(lab, start_steerd):
     seen = suspicions(steerd)
     assert seen["pri-wan1"] >= 1 and seen["pri-wan2"] >= 1 and seen["pri-wan3"] >= 3, seen
     assert set(seen) <= {"pri-wan1", "pri-wan2", "pri-wan3"}, seen   # nothing went down the others
+
+
+def test_recreated_tunnel_interface_is_counted_again_without_a_reload(lab, start_steerd):
+    """An IKE restart can recreate an XFRM interface (same name, new ifindex):
+    the link event puts the counter, the routes and the probes back on the new
+    pri-wan2, and a busy tunnel's silence takes it down inside the probe
+    interval again."""
+    steerd = start_steerd()
+    t = lab.tunnel("pri-wan2")
+
+    def state() -> str:
+        return next(x["state"] for x in steerd.status()["tunnels"] if x["name"] == "pri-wan2")
+
+    assert wait_for(lambda: state() == "up", 10.0)
+    old_index = ns_sh(lab.gw, "cat", f"/sys/class/net/{t.gw_if}/ifindex")
+    lab.recreate("pri-wan2")
+    assert ns_sh(lab.gw, "cat", f"/sys/class/net/{t.gw_if}/ifindex") != old_index
+    assert wait_for(lambda: "steerd-upstream" in counter_filters(lab, t.gw_if), 3.0), \
+        "no counter on the recreated interface"
+    table = str(load_config(steerd.config_path).dataplane.table_of(1))     # pri-wan2: second tunnel
+    assert wait_for(lambda: ns_sh(lab.gw, "ip", "route", "show", "table", table).strip(), 3.0), \
+        f"the routes of table {table} did not come back"
+    time.sleep(2.0)    # probes lost while the interface was away have played out
+    assert wait_for(lambda: state() == "up", 20.0), "probes did not come back through the new interface"
+
+    down = send(lab, 90, duration=20.0, pps=3000, background=True)
+    up = send_up(lab, "pri-wan2", 1000, 20.0)
+    try:
+        time.sleep(3.0)
+        assert state() == "up"
+        t0 = time.time()
+        set_drop(lab, "pri-wan2", blackhole=True, both_ways=True)
+        ev = wait_for(lambda: [e for e in steerd.events() if e["type"] == "link_down"
+                               and datetime.fromisoformat(e["ts"]).timestamp() >= t0], 3.0)
+    finally:
+        down.kill()
+        up.kill()
+    assert ev and ev[0]["tunnel"] == "pri-wan2", ev
+    assert ev[0]["reason"].startswith("upstream silent"), ev
+    took = datetime.fromisoformat(ev[0]["ts"]).timestamp() - t0
+    assert took < 1.0, f"down {took:.3f} s after the cut: {ev[0]['reason']}"
