@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from . import selection
 from .abi import NO_TUNNEL
 from .config import MAX_TUNNELS, SiteConfig
+
+if TYPE_CHECKING:
+    from .health import Transition
 
 
 
@@ -52,8 +56,46 @@ class Controller:
         self.weights = [0.0] * n
         self.slots: list[int] | None = list(adopted_slots) if adopted_slots else None
         self.usable = tuple(s != "down" for s in self.states)
+        self.sa_down: set[int] = set()    # no SAs (XFRM): probes cannot bring these up
+        self.link_changes = 0             # link state transitions decided here
 
     # -- inputs -------------------------------------------------------------
+    def probed(self, index: int, transitions: Sequence[Transition], now: float,
+               answered: str | None = None) -> list[tuple[Programming | None, list[Note]]]:
+        """What probing says of tunnel *index*: its monitor's *transitions* and,
+        after a reply, the monitor's state (*answered*). Without SAs probes cannot
+        bring a tunnel up; once its SAs are back, the first answered probe does."""
+        out = []
+        for tr in transitions:
+            if index in self.sa_down and (tr.new != "down" or self.measured[index] == "down"):
+                continue  # no SA: probes cannot bring it up, and it is down already
+            out.append(self._link_change(index, tr.old, tr.new, tr.reason, now))
+        if answered not in (None, "down") and index not in self.sa_down \
+                and self.measured[index] == "down":
+            out.append(self._link_change(index, "down", answered, "SA installed and probe answered", now))
+        return out
+
+    def sa_change(self, index: int, has_sa: bool, reason: str, now: float
+                  ) -> tuple[Programming | None, list[Note]]:
+        """The tunnel's SAs appeared or vanished: without them it is down before
+        probes notice (and stays so until they are back and a probe answers)."""
+        name = self.cfg.tunnels[index].name
+        if has_sa:
+            self.sa_down.discard(index)
+            return None, [Note("sa_installed", reason, name)]
+        self.sa_down.add(index)
+        if self.measured[index] == "down":
+            return None, []
+        return self._link_change(index, self.measured[index], "down", reason, now)
+
+    def _link_change(self, index: int, old: str, new: str, reason: str, now: float
+                     ) -> tuple[Programming | None, list[Note]]:
+        """Decide and program first: the link event is the report, not a step of it."""
+        self.link_changes += 1
+        prog, notes = self.link_state(index, new, now)
+        kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[new]
+        return prog, notes + [Note(kind, reason, self.cfg.tunnels[index].name, {"old": old, "new": new})]
+
     def link_state(self, index: int, state: str, now: float) -> tuple[Programming | None, list[Note]]:
         """A tunnel changed state. Down (or back up) reprograms at once."""
         self.measured[index] = state
@@ -200,6 +242,7 @@ class Hub:
                       for i, sid in enumerate(self.site_ids)]
         self._ticking = {i for i, c in enumerate(self.sites) if c.ha.active != "primary"}
         self._index_of_id = {sid: i for i, sid in enumerate(self.site_ids)}
+        self._link_changes_before = 0     # those of the controllers before a reload
 
     # -- ids ------------------------------------------------------------------
     def tunnel_id(self, index: int) -> int:
@@ -247,6 +290,27 @@ class Hub:
 
     def drained_of(self, index: int) -> bool:
         return self.cfg.position_of(index) in self.sites[self.cfg.site_of(index)].drained
+
+    def sa_down_of(self, index: int) -> bool:
+        return self.cfg.position_of(index) in self.sites[self.cfg.site_of(index)].sa_down
+
+    @property
+    def link_changes(self) -> int:
+        """Link state transitions since the daemon started (reloads included)."""
+        return self._link_changes_before + sum(c.link_changes for c in self.sites)
+
+    def probed(self, index: int, transitions: Sequence[Transition], now: float,
+               answered: str | None = None) -> list[tuple[Programming | None, list[Note]]]:
+        """Probing's word on tunnel *index* (Controller.probed): only its site decides."""
+        i = self.cfg.site_of(index)
+        return [self._out(i, r) for r in
+                self.sites[i].probed(self.cfg.position_of(index), transitions, now, answered)]
+
+    def sa_change(self, index: int, has_sa: bool, reason: str, now: float
+                  ) -> tuple[Programming | None, list[Note]]:
+        """Tunnel *index*'s SAs appeared or vanished (Controller.sa_change)."""
+        i = self.cfg.site_of(index)
+        return self._out(i, self.sites[i].sa_change(self.cfg.position_of(index), has_sa, reason, now))
 
     def link_state(self, index: int, state: str, now: float
                    ) -> tuple[Programming | None, list[Note]]:
@@ -301,6 +365,8 @@ class Hub:
         the new tunnel sets cause (per site)."""
         by_name = {st.name: i for i, st in enumerate(old.cfg.sites)}
         drained = {t.name for k, t in enumerate(old.cfg.tunnels) if old.drained_of(k)}
+        sa_down = {t.name for k, t in enumerate(old.cfg.tunnels) if old.sa_down_of(k)}
+        self._link_changes_before = old.link_changes
         notes: list[Note] = []
         for i, st in enumerate(self.cfg.sites):
             c = self.sites[i]
@@ -308,6 +374,8 @@ class Hub:
                 if t.name in drained:
                     c.drained.add(p)
                     c.states[p] = "down"
+                if t.name in sa_down:            # SA state follows the tunnel's name
+                    c.sa_down.add(p)
             j = by_name.get(st.name)
             if j is None:   # a new site: fresh, but its drained tunnels count for HA
                 notes += self._notes(i, c._ha(now))

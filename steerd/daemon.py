@@ -63,7 +63,6 @@ class Daemon:
         self._flows_walk: asyncio.Future | None = None
         self.rebalances = 0
         self.slots_moved = 0
-        self.link_changes = 0
         self.config_errors = 0
         self.config_generation = 1
         self.metrics_port: int | None = None
@@ -74,7 +73,6 @@ class Daemon:
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
         self.links = None                # LinkEvents: tunnel interfaces (re)created
         self._links_seen: dict[str, int] | None = {}   # announced, not yet relinked (None: lost)
-        self.sa_down: set[str] = set()   # names of tunnels held down because their SAs are gone
         self.loop_errors: dict[str, int] = {}
         self.heartbeat = time.monotonic()   # last probe-loop iteration that completed
         self.probe_late: deque[tuple[float, float]] = deque(maxlen=8192)   # (sent, late) seconds
@@ -274,16 +272,9 @@ class Daemon:
 
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
         try:
-            self._transitions(i, self.monitors[i].on_reply(seq, rtt, now), now)
-            self.wakes.set(i, self.monitors[i].next_wakeup())
-            # SAs back and the probes never stopped answering: up again at once
-            name = self.cfg.tunnels[i].name
-            if name not in self.sa_down and self.controller.measured_of(i) == "down" \
-                    and self.monitors[i].state != "down":
-                self.link_changes += 1
-                self.apply(*self.controller.link_state(i, self.monitors[i].state, now))
-                self.events.emit("link_up", "SA installed and probe answered", name,
-                                 old="down", new=self.monitors[i].state, **self.site_of(i))
+            mon = self.monitors[i]
+            self.apply_all(self.controller.probed(i, mon.on_reply(seq, rtt, now), now, mon.state))
+            self.wakes.set(i, mon.next_wakeup())
         except Exception as exc:   # a reader callback: asyncio would only log it
             self._loop_error("probe reply", exc)
 
@@ -323,17 +314,8 @@ class Daemon:
         if name not in {t.name for t in self.cfg.tunnels}:
             log.debug("SA change for %s, not a tunnel of the running config", name)
             return
-        i, now = self.cfg.index_of(name), time.monotonic()
-        if has_sa:
-            self.sa_down.discard(name)
-            self.events.emit("sa_installed", reason, name)
-            return
-        self.sa_down.add(name)
-        if self.controller.measured_of(i) != "down":
-            self.link_changes += 1
-            old = self.controller.measured_of(i)
-            self.apply(*self.controller.link_state(i, "down", now))
-            self.events.emit("link_down", reason, name, old=old, new="down", **self.site_of(i))
+        self.apply(*self.controller.sa_change(self.cfg.index_of(name), has_sa, reason,
+                                              time.monotonic()))
 
     # -- link events: a tunnel interface created or recreated (IKE restart) ----
     def _start_links(self) -> None:
@@ -374,14 +356,7 @@ class Daemon:
                 p.rebind()   # SO_BINDTODEVICE holds the old interface's index
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
-        for tr in transitions:
-            if tr.tunnel in self.sa_down and (tr.new != "down" or self.controller.measured_of(i) == "down"):
-                continue  # no SA: probes cannot bring it up, and it is down already
-            self.link_changes += 1
-            kind = {"down": "link_down", "up": "link_up", "degraded": "link_degraded"}[tr.new]
-            # decide and program first: the event is the report, not a step of it
-            self.apply(*self.controller.link_state(i, tr.new, now))
-            self.events.emit(kind, tr.reason, tr.tunnel, old=tr.old, new=tr.new, **self.site_of(i))
+        self.apply_all(self.controller.probed(i, transitions, now))
 
     def _read_upstream(self, now: float) -> None:
         """Traffic-driven suspicion: the data path's per-tunnel counters to the
@@ -784,7 +759,6 @@ class Daemon:
         relayout = layout != self.dp.layout
         self.cfg, self.controller = cfg, ctl
         new_names = {t.name for t in cfg.tunnels}
-        self.sa_down &= new_names
         if self.drained - new_names:   # a removed tunnel's drain is forgotten, on disk too
             self.drained &= new_names
             try:

@@ -100,7 +100,7 @@ class SteerdCollector:
         yield ha
         for name, value, doc in (
             ("rebalances", d.rebalances, "slot-table reprogrammings"),
-            ("link_state_changes", d.link_changes, "tunnel state transitions"),
+            ("link_state_changes", c.link_changes, "tunnel state transitions"),
             ("config_load_errors", d.config_errors, "rejected config or rules loads"),
             ("event_write_errors", d.events.write_errors,
              "events not written to the events file (full disk...); they stay in the log"),

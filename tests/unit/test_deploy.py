@@ -65,7 +65,7 @@ def fake_daemon():
     stats = [NS(loss_ratio=0.0, rtt_mean=0.012, jitter=0.0008),
              NS(loss_ratio=0.2, rtt_mean=0.031, jitter=0.004)]
     controller = NS(weights=[1.0, 0.0], states=["up", "degraded"], active_role=lambda i: "primary",
-                    shares=lambda: [1.0, 0.0])
+                    shares=lambda: [1.0, 0.0], link_changes=2)
     health = NS(loss_pct=3.0, jitter_ms=30.0, latency_ms=600.0)
     cfg = NS(tunnels=tunnels, site="branch-01", health=health, sites=[NS(name="branch-01")],
              site_of=lambda i: 0)
@@ -73,7 +73,7 @@ def fake_daemon():
               monitors=[NS(stats=lambda s=s: s) for s in stats],
               probers=[NS(sent=120, received=118), NS(sent=120, received=96)],
               counters_cache=[(1500, 1_200_000), (0, 0)],
-              rebalances=3, slots_moved=410, link_changes=2, config_errors=1, config_generation=2,
+              rebalances=3, slots_moved=410, config_errors=1, config_generation=2,
               rulemaps=NS(hits=lambda: {"voice": 42, "backup": 0}),
               events=NS(write_errors=0), loop_errors={"counters": 1},
               hooks=HookRunner([Hook(frozenset({"link_down"}), "/usr/local/sbin/notify", 5.0)],

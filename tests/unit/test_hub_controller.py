@@ -9,15 +9,19 @@ from hypothesis import strategies as st
 
 from steerd.config import MAX_TUNNELS, parse_config
 from steerd.controller import Hub
+from steerd.health import Transition
 from steerd.lab.topology import HubLab
 import yaml
 
 
-def hub_cfg(sites: int, tunnels: int = 6, **top):
-    lab = HubLab("u", sites, tunnels)
-    cfg = lab.config(**top)
+def hub_raw(sites: int, tunnels: int = 6, **top) -> dict:
+    cfg = HubLab("u", sites, tunnels).config(**top)
     cfg["dataplane"]["slots"] = 256
-    return parse_config(yaml.safe_dump(cfg, sort_keys=False), "hub.yaml")
+    return cfg
+
+
+def hub_cfg(sites: int, tunnels: int = 6, **top):
+    return parse_config(yaml.safe_dump(hub_raw(sites, tunnels, **top), sort_keys=False), "hub.yaml")
 
 
 def tables(h: Hub) -> dict[int, tuple[int, ...]]:
@@ -121,3 +125,57 @@ def test_each_site_moves_only_its_own_minimal_slots(evs, factors):
     for i in range(3):
         assert sum(a != b for a, b in zip(before[i], after[i])) == \
             minimal_moves(list(before[i]), list(after[i]))
+
+
+# ------------------------------------------------ SA state and probing: decided here
+
+def tr(name: str, old: str, new: str, reason: str = "probe") -> Transition:
+    return Transition(name, old, new, reason, 0.0)
+
+
+def test_a_tunnel_without_sas_is_down_until_they_are_back_and_a_probe_answers():
+    cfg = hub_cfg(2, 3)
+    h = Hub(cfg, 0.0)
+    h.rebalance([1.0] * 6, 0.0)
+    name = cfg.tunnels[4].name                   # site 1's second tunnel
+    prog, notes = h.sa_change(4, False, "SA deleted", 1.0)
+    assert prog is not None and prog.site == 1 and h.state_of(4) == "down"
+    assert [(n.type, n.reason, n.tunnel, n.extra["old"], n.extra["site"]) for n in notes
+            if n.type.startswith("link")] == [("link_down", "SA deleted", name, "up", "site1")]
+    assert notes[-1].type == "link_down"         # programming first, the link event reports it
+    # probes cannot bring it up while it has no SAs; a probe's "down" changes nothing
+    assert h.probed(4, [tr(name, "up", "down"), tr(name, "down", "up")], 2.0, "up") == []
+    assert h.state_of(4) == "down"
+    # SAs back: an event, still down until a probe answers
+    prog, notes = h.sa_change(4, True, "SA installed", 3.0)
+    assert prog is None and [(n.type, n.tunnel) for n in notes] == [("sa_installed", name)]
+    assert h.state_of(4) == "down"
+    assert h.probed(4, [], 3.5) == []            # a tick, no reply: nothing yet
+    [(prog, notes)] = h.probed(4, [], 4.0, "up")   # the first answered probe
+    assert prog is not None and prog.site == 1 and h.state_of(4) == "up"
+    assert (notes[-1].type, notes[-1].reason) == ("link_up", "SA installed and probe answered")
+    assert h.link_changes == 2
+    # a tunnel that is down already loses its SAs: no second link_down
+    h.probed(3, [tr(cfg.tunnels[3].name, "up", "down")], 5.0)
+    assert h.sa_change(3, False, "SA deleted", 5.5) == (None, [])
+    assert h.link_changes == 3
+
+
+def test_sa_state_and_link_count_carry_over_a_reload_by_tunnel_name():
+    """The reload's new controller continues the old one's SA state by tunnel
+    name (indexes move) and keeps counting link changes."""
+    raw = hub_raw(2, 3)
+    cfg = parse_config(yaml.safe_dump(raw, sort_keys=False), "hub.yaml")
+    old = Hub(cfg, 0.0)
+    old.rebalance([1.0] * 6, 0.0)
+    held = cfg.tunnels[1].name
+    old.sa_change(1, False, "SA deleted", 1.0)
+    ts = raw["sites"][0]["tunnels"]
+    raw["sites"][0]["tunnels"] = ts[1:] + ts[:1]   # the held tunnel moves to another index
+    new_cfg = parse_config(yaml.safe_dump(raw, sort_keys=False), "hub.yaml")
+    new = Hub(new_cfg, 2.0)
+    new.carry_over(old, 2.0)
+    k = new_cfg.index_of(held)
+    assert k != 1 and new.sa_down_of(k) and new.state_of(k) == "down"
+    assert new.probed(k, [tr(held, "down", "up")], 3.0, "up") == []   # still held down
+    assert new.link_changes == old.link_changes == 1
