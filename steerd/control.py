@@ -232,7 +232,7 @@ async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
         if site is not None and site not in {s.name for s in daemon.cfg.sites}:
             return {"ok": False, "error": f"no site {site!r} (steerctl status lists them)"}
         await daemon.refresh_flow_counts()
-        return {"ok": True, "status": status.build(daemon, site)}
+        return {"ok": True, "status": status.build(*daemon.view(), site)}
     if cmd == "events":
         since = float(req.get("since") or 0)
         return {"ok": True, "events": [e.as_dict() for e in daemon.events.since(since)]}

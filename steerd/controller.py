@@ -57,6 +57,7 @@ class Controller:
         self.slots: list[int] | None = list(adopted_slots) if adopted_slots else None
         self.usable = tuple(s != "down" for s in self.states)
         self.sa_down: set[int] = set()    # no SAs (XFRM): probes cannot bring these up
+        self.version = 0                  # +1 whenever what status shows changes
         self.link_changes = 0             # link state transitions decided here
 
     # -- inputs -------------------------------------------------------------
@@ -124,6 +125,7 @@ class Controller:
     def _set(self, index: int, state: str, now: float, why: str = "") -> tuple[Programming | None, list[Note]]:
         old = self.states[index]
         self.states[index] = state
+        self.version += 1
         notes = self._ha(now)
         if (old == "down") != (state == "down") or any(n.type in ("ha_failover", "ha_failback") for n in notes):
             prog, more = self._program(now, force=True,
@@ -158,11 +160,15 @@ class Controller:
                 if j in old.drained:
                     self.drained.add(i)
         self.ha.carry_over(old.ha)
+        self.version += 1
         return self._ha(now)
 
     # -- decisions ----------------------------------------------------------
     def _ha(self, now: float) -> list[Note]:
-        return [Note(e.type, e.reason, e.tunnel or None) for e in self.ha.update(self.states, now)]
+        notes = [Note(e.type, e.reason, e.tunnel or None) for e in self.ha.update(self.states, now)]
+        if notes:
+            self.version += 1
+        return notes
 
     def wan_tunnels(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
@@ -193,6 +199,7 @@ class Controller:
         if self.cfg.failback == "new-flows" and any(n.type == "ha_failback" for n in notes or []):
             keep = frozenset(i for i, t in enumerate(self.cfg.tunnels) if t.ha_role == "secondary")
         self.weights, self.slots, self.usable = list(new), slots, usable
+        self.version += 1
         total = sum(new) or 1.0
         note = Note("rebalance", reason, extra={
             "slots_moved": moved, "slots": len(slots), "flows_moved": flows_moved,

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Sequence
 
-from . import control, drain, metrics, sdnotify, silence, staging
+from . import control, drain, metrics, sdnotify, silence, staging, status
 from .config import SiteConfig, load_config
 from .controller import Hub, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
@@ -73,6 +73,7 @@ class Daemon:
         self.xfrm = None                 # XfrmWatcher when tunnels are XFRM interfaces
         self.links = None                # LinkEvents: tunnel interfaces (re)created
         self._links_seen: dict[str, int] | None = {}   # announced, not yet relinked (None: lost)
+        self.snapshots = status.Snapshots()
         self.loop_errors: dict[str, int] = {}
         self.heartbeat = time.monotonic()   # last probe-loop iteration that completed
         self.probe_late: deque[tuple[float, float]] = deque(maxlen=8192)   # (sent, late) seconds
@@ -438,6 +439,45 @@ class Daemon:
         return {"window_s": window, "probes": len(late),
                 "late_max_ms": round(late[-1] * 1e3, 2),
                 "late_p99_ms": round(late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3, 2)}
+
+    # -- what status, metrics and the control socket show -----------------------
+    def view(self) -> tuple[status.Snapshot, status.Readings] | None:
+        """The controller's snapshot (taken once per change) and the readings now;
+        None before the controller exists. (The metrics server's thread calls this
+        too: it only reads.)"""
+        c = self.controller
+        if c is None:
+            return None
+        n = len(self.cfg.tunnels)
+        return self.snapshots.of(c), status.Readings(
+            stats=[m.stats() for m in self.monitors] if self.monitors else [None] * n,
+            tx=self.counters_cache, flows=self.flow_counts_cache,
+            probes=[(p.sent, p.received) for p in self.probers] if self.probers else (),
+            health=self.cfg.health,
+            esp=self.xfrm.counters() if self.xfrm is not None else None,
+            sla=self.quality.sla_states() if self.quality is not None else None,
+            rule_hits=self.rulemaps.hits() if self.rulemaps is not None else {},
+            rules=len(self.ruleset.rules) if self.ruleset else 0,
+            rebalances=self.rebalances, slots_moved=self.slots_moved,
+            config_errors=self.config_errors, config_generation=self.config_generation,
+            event_write_errors=self.events.write_errors, loop_errors=dict(self.loop_errors),
+            hooks=self.hooks.counts(), started=self.started, metrics_port=self.metrics_port,
+            probe_timing=self.probe_timing(time.monotonic()), **self._dup_readings(c))
+
+    def _dup_readings(self, c: Hub) -> dict:
+        """The duplicated rules' copy counters (Readings.dup_rules, dup_tunnels)."""
+        q = self.quality
+        if q is None or not q.dups:
+            return {}
+        rule_of = {key: name for key, (name, _) in q.dups.items()}
+        site_of_id = {sid: self.cfg.sites[i].name for i, sid in enumerate(c.site_ids)}
+        rules = [(rule_of[key], site_of_id[sid], (v[0], v[1]))
+                 for (sid, key), v in sorted(self.dp.dup_counts().items())
+                 if key in rule_of and sid in site_of_id]
+        per = self.dp.dup_tunnel_counts()
+        tunnels = {t.name: (per[c.tunnel_id(i)][0], per[c.tunnel_id(i)][1])
+                   for i, t in enumerate(self.cfg.tunnels) if c.tunnel_id(i) in per}
+        return {"dup_rules": rules, "dup_tunnels": tunnels}
 
     def probe_alive(self, now: float) -> bool:
         """For the watchdog: the probe loop completed an iteration recently."""

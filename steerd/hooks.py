@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .config import Hook
 from .events import Event, EventLog
@@ -133,19 +133,9 @@ class HookRunner:
         log.info("hook %s (%s): exit status 0", hook.run, ev.type)
         return True
 
-    def metrics(self) -> Iterator:
-        """steerd_hook_runs_total and steerd_hook_failures_total, per hook (its path)."""
-        from prometheus_client.core import CounterMetricFamily
-        runs = CounterMetricFamily("steerd_hook_runs", "hook script runs started", labels=["hook"])
-        fails = CounterMetricFamily("steerd_hook_failures",
-                                    "hook runs that failed: exit status not 0, killed at the "
-                                    "timeout, could not start, or event dropped (queue full)",
-                                    labels=["hook"])
-        for i, hook in enumerate(self.hooks):
-            runs.add_metric([hook.run], self.runs[i])
-            fails.add_metric([hook.run], self.failures[i])
-        yield runs
-        yield fails
+    def counts(self) -> list[tuple[str, int, int]]:
+        """Per hook (its script): runs started, runs failed (steerd_hook_*_total)."""
+        return [(h.run, self.runs[i], self.failures[i]) for i, h in enumerate(self.hooks)]
 
 
 def _kill_group(pid: int) -> None:

@@ -1,5 +1,6 @@
-"""Prometheus metrics, collected at scrape time from the daemon's state and the
-eBPF counters (so a scrape always sees the data path's own numbers)."""
+"""Prometheus metrics, rendered at scrape time from the daemon's view: the
+controller's snapshot (taken once per change) and the readings of the probes
+and the eBPF counters (so a scrape always sees the data path's own numbers)."""
 from __future__ import annotations
 
 import logging
@@ -9,21 +10,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
-from .mos import mos_of_stats
+from .status import Readings, mos_of
 
 log = logging.getLogger("steerd.metrics")
 LABELS = ["tunnel", "wan", "ha_role", "site"]
 
 
 class SteerdCollector:
+    """Renders the daemon's view (status.Snapshot + status.Readings) at scrape time."""
+
     def __init__(self, daemon):
         self.d = daemon
 
     def collect(self):
-        d = self.d
-        c = d.controller
-        if c is None:
+        view = self.d.view()
+        if view is None:
             return
+        snap, rd = view
         g = {name: GaugeMetricFamily(f"steerd_{name}", doc, labels=LABELS) for name, doc in (
             ("tunnel_up", "1 when the tunnel is up or degraded, 0 when down"),
             ("tunnel_degraded", "1 when the tunnel is over an SLA threshold"),
@@ -40,69 +43,60 @@ class SteerdCollector:
             ("probe_sent", "probes sent"),
             ("probe_received", "matching probe replies received"),
         )}
-        weights, states = c.weights, c.states      # weights: fractions of their site's total
-        shares = c.shares()
-        site_names = [s.name for s in d.cfg.sites]
-        for i, t in enumerate(d.cfg.tunnels):
-            lv = [t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]]
-            g["tunnel_up"].add_metric(lv, 0 if states[i] == "down" else 1)
-            g["tunnel_degraded"].add_metric(lv, 1 if states[i] == "degraded" else 0)
-            g["tunnel_weight"].add_metric(lv, weights[i])
-            g["tunnel_share"].add_metric(lv, shares[i])
-            if d.monitors:
-                st = d.monitors[i].stats()
+        labels = {t.name: [t.name, t.wan, t.ha_role, t.site] for t in snap.tunnels}
+        for i, t in enumerate(snap.tunnels):
+            lv = labels[t.name]
+            g["tunnel_up"].add_metric(lv, 0 if t.state == "down" else 1)
+            g["tunnel_degraded"].add_metric(lv, 1 if t.state == "degraded" else 0)
+            g["tunnel_weight"].add_metric(lv, t.weight)
+            g["tunnel_share"].add_metric(lv, t.share)
+            st = rd.stats[i] if i < len(rd.stats) else None
+            if st is not None:
                 g["tunnel_loss_ratio"].add_metric(lv, st.loss_ratio)
                 if st.rtt_mean is not None:
                     g["tunnel_rtt_seconds"].add_metric(lv, st.rtt_mean)
                 if st.jitter is not None:
                     g["tunnel_jitter_seconds"].add_metric(lv, st.jitter)
-                mos = mos_of_stats(st.rtt_mean, st.jitter, st.loss_ratio)
+                mos = mos_of(st)
                 if mos is not None:
                     g["tunnel_mos"].add_metric(lv, mos)
-            if d.probers:
-                ctr["probe_sent"].add_metric(lv, getattr(d.probers[i], "sent", 0))
-                ctr["probe_received"].add_metric(lv, getattr(d.probers[i], "received", 0))
-            pk, by = d.counters_cache[i] if i < len(d.counters_cache) else (0, 0)
+            if i < len(rd.probes):
+                ctr["probe_sent"].add_metric(lv, rd.probes[i][0])
+                ctr["probe_received"].add_metric(lv, rd.probes[i][1])
+            pk, by = rd.tx[i] if i < len(rd.tx) else (0, 0)
             ctr["tunnel_tx_packets"].add_metric(lv, pk)
             ctr["tunnel_tx_bytes"].add_metric(lv, by)
-        if getattr(d, "xfrm", None) is not None:
-            esp = d.xfrm.counters()
+        if rd.esp is not None:
             for name, doc in (("esp_tx_bytes", "ESP bytes sent (kernel SA counters)"),
                               ("esp_rx_bytes", "ESP bytes received (kernel SA counters)"),
                               ("esp_tx_packets", "ESP packets sent (kernel SA counters)"),
                               ("esp_rx_packets", "ESP packets received (kernel SA counters)")):
                 m = CounterMetricFamily(f"steerd_tunnel_{name}", doc, labels=LABELS)
-                for i, t in enumerate(d.cfg.tunnels):
-                    if t.name in esp:
-                        m.add_metric([t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]],
-                                     getattr(esp[t.name], name[4:]))
+                for tname, esp in rd.esp.items():
+                    if tname in labels:
+                        m.add_metric(labels[tname], getattr(esp, name[4:]))
                 ctr[name] = m
         yield from g.values()
         yield from ctr.values()
-        if getattr(d, "quality", None) is not None:
+        if rd.sla is not None:
             sla = GaugeMetricFamily("steerd_tunnel_sla_ok", "1 while the tunnel is within the "
                                     "quality class (after the hold-downs), 0 while out",
                                     labels=LABELS + ["class"])
-            by_name = {t.name: t for t in d.cfg.tunnels}
-            site_of = {t.name: site_names[d.cfg.site_of(i)]
-                       for i, t in enumerate(d.cfg.tunnels)}
-            for name, cls, ok in d.quality.sla_states():
-                t = by_name.get(name)
-                if t is not None:
-                    sla.add_metric([t.name, t.wan, t.ha_role, site_of[t.name], cls], 1 if ok else 0)
+            for name, cls, ok in rd.sla:
+                if name in labels:
+                    sla.add_metric(labels[name] + [cls], 1 if ok else 0)
             yield sla
         ha = GaugeMetricFamily("steerd_ha_active_role", "1 for the HA role carrying the site's traffic",
                                labels=["role", "site"])
-        for i, name in enumerate(site_names):
-            active = c.active_role(i)
+        for s in snap.sites:
             for role in ("primary", "secondary"):
-                ha.add_metric([role, name], 1 if active == role else 0)
+                ha.add_metric([role, s.name], 1 if s.active_ha_role == role else 0)
         yield ha
         for name, value, doc in (
-            ("rebalances", d.rebalances, "slot-table reprogrammings"),
-            ("link_state_changes", c.link_changes, "tunnel state transitions"),
-            ("config_load_errors", d.config_errors, "rejected config or rules loads"),
-            ("event_write_errors", d.events.write_errors,
+            ("rebalances", rd.rebalances, "slot-table reprogrammings"),
+            ("link_state_changes", snap.link_changes, "tunnel state transitions"),
+            ("config_load_errors", rd.config_errors, "rejected config or rules loads"),
+            ("event_write_errors", rd.event_write_errors,
              "events not written to the events file (full disk...); they stay in the log"),
         ):
             m = CounterMetricFamily(f"steerd_{name}", doc)
@@ -111,17 +105,17 @@ class SteerdCollector:
         loop_errors = CounterMetricFamily(
             "steerd_loop_errors", "errors a daemon loop survived (logged, the loop went on)",
             labels=["where"])
-        for where, n in sorted(d.loop_errors.items()):
+        for where, n in sorted(rd.loop_errors.items()):
             loop_errors.add_metric([where], n)
         yield loop_errors
         moved = CounterMetricFamily("steerd_slots_moved", "slots reassigned by rebalances")
-        moved.add_metric([], d.slots_moved)
+        moved.add_metric([], rd.slots_moved)
         yield moved
         info = GaugeMetricFamily("steerd_info", "constant 1; site and version as labels",
                                  labels=["site", "version"])
-        info.add_metric([d.cfg.site, __version__], 1)
+        info.add_metric([snap.site, __version__], 1)
         yield info
-        h = d.cfg.health
+        h = rd.health
         sla = GaugeMetricFamily("steerd_sla_threshold", "configured SLA threshold (degraded above)",
                                 labels=["metric"])
         sla.add_metric(["loss_ratio"], h.loss_pct / 100)
@@ -129,43 +123,44 @@ class SteerdCollector:
         sla.add_metric(["rtt_seconds"], h.latency_ms / 1000)
         yield sla
         gen = GaugeMetricFamily("steerd_config_generation", "increments on every applied reload")
-        gen.add_metric([], d.config_generation)
+        gen.add_metric([], rd.config_generation)
         yield gen
         rule_hits = CounterMetricFamily("steerd_rule_matches", "packets matched per rule",
                                         labels=["rule"])
-        if d.rulemaps is not None:
-            for name, hits in d.rulemaps.hits().items():
-                rule_hits.add_metric([name], hits)
+        for name, hits in rd.rule_hits.items():
+            rule_hits.add_metric([name], hits)
         yield rule_hits
-        yield from _duplication(d, site_names)
-        yield from d.hooks.metrics()
+        runs = CounterMetricFamily("steerd_hook_runs", "hook script runs started", labels=["hook"])
+        fails = CounterMetricFamily("steerd_hook_failures",
+                                    "hook runs that failed: exit status not 0, killed at the "
+                                    "timeout, could not start, or event dropped (queue full)",
+                                    labels=["hook"])
+        for run, n_runs, n_failed in rd.hooks:
+            runs.add_metric([run], n_runs)
+            fails.add_metric([run], n_failed)
+        yield runs
+        yield fails
+        yield from _duplication(rd, labels)
 
 
-def _duplication(d, site_names: list[str]):
+def _duplication(rd: Readings, labels: dict[str, list[str]]):
     """Copies sent by duplicated rules: per rule (and site), and per copy tunnel."""
-    if getattr(d, "quality", None) is None or not d.quality.dups:
+    if rd.dup_rules is None:
         return
-    c = d.controller
-    rule_of = {key: name for key, (name, _) in d.quality.dups.items()}
-    site_of_id = {sid: site_names[i] for i, sid in enumerate(c.site_ids)}
-    counts = d.dp.dup_counts()
     for what, col in (("packets", 0), ("bytes", 1)):
         m = CounterMetricFamily(f"steerd_rule_duplicated_{what}",
                                 f"{what} copied onto a second tunnel per duplicated rule",
                                 labels=["rule", "site"])
-        for (sid, key), v in sorted(counts.items()):
-            if key in rule_of and sid in site_of_id:
-                m.add_metric([rule_of[key], site_of_id[sid]], v[col])
+        for rule, site, counts in rd.dup_rules:
+            m.add_metric([rule, site], counts[col])
         yield m
-    per_tunnel = d.dp.dup_tunnel_counts()
     for what, col in (("packets", 0), ("bytes", 1)):
         m = CounterMetricFamily(f"steerd_tunnel_duplicate_tx_{what}",
                                 f"copies ({what}) sent on the tunnel for duplicated rules",
                                 labels=LABELS)
-        for i, t in enumerate(d.cfg.tunnels):
-            v = per_tunnel.get(c.tunnel_id(i))
-            if v is not None:
-                m.add_metric([t.name, t.wan, t.ha_role, site_names[d.cfg.site_of(i)]], v[col])
+        for name, counts in rd.dup_tunnels.items():
+            if name in labels:
+                m.add_metric(labels[name], counts[col])
         yield m
 
 

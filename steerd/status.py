@@ -1,88 +1,189 @@
-"""The `steerctl status` document (DESIGN.md contract) built from daemon state."""
+"""What `steerctl status`, the metrics and the control socket show, and the
+status document (DESIGN.md contract) rendered from it.
+
+Two parts, because they change at different paces: a :class:`Snapshot` of the
+controller's decisions (state, weight, share, drained, active HA role per
+site) changes only when the controller decides something, and is taken at
+most once per change (only the sites whose controller changed are rebuilt: a
+hub's 1,000 sites are not recounted for every status or scrape); the
+:class:`Readings` (probe statistics, counters) change with every probe and
+packet and are read when shown. The daemon hands out both; renderers read
+nothing else of it.
+"""
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
+from .config import HealthConfig
+from .health import LinkStats
 from .mos import mos_of_stats
+
+if TYPE_CHECKING:
+    from .controller import Hub
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    name: str
+    site: str
+    ha_role: str
+    wan: str
+    interface: str
+    state: str                 # up | degraded | down (down while drained)
+    drained: bool
+    weight: float              # fraction of its site's total
+    share: float               # fraction of its site's slots, i.e. of new flows
+    down_mbps: float
+    cap_mbps: float | None
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    name: str
+    active_ha_role: str
+    tunnels: tuple[str, ...]
+    up: int
+    degraded: int
+    primaries_up: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The controller's decisions as of its last change."""
+
+    site: str                              # the config's site (empty for a hub)
+    sites: tuple[SiteStatus, ...]
+    tunnels: tuple[TunnelStatus, ...]      # config order
+    link_changes: int
+
+
+def _site_part(hub: Hub, i: int) -> tuple[SiteStatus, tuple[TunnelStatus, ...]]:
+    c, st = hub.sites[i], hub.cfg.sites[i]
+    total = sum(c.weights) or 1.0
+    shares = c.shares()
+    tunnels = tuple(TunnelStatus(t.name, st.name, t.ha_role, t.wan, t.interface, c.states[p],
+                                 p in c.drained, c.weights[p] / total, shares[p],
+                                 t.bandwidth.down_mbps, t.bandwidth.cap_mbps)
+                    for p, t in enumerate(st.tunnels))
+    up = [t.state != "down" for t in tunnels]
+    return SiteStatus(st.name, c.ha.active, tuple(t.name for t in tunnels), sum(up),
+                      sum(t.state == "degraded" for t in tunnels),
+                      sum(u for u, t in zip(up, tunnels) if t.ha_role == "primary")), tunnels
+
+
+class Snapshots:
+    """The snapshot of the running controller, taken once per change."""
+
+    def __init__(self) -> None:
+        self._hub: Hub | None = None
+        self._versions: list[int] = []
+        self._parts: list[tuple[SiteStatus, tuple[TunnelStatus, ...]] | None] = []
+        self._snap: Snapshot | None = None
+
+    def of(self, hub: Hub) -> Snapshot:
+        if hub is not self._hub:                  # a reload's new controller
+            self._hub, self._snap = hub, None
+            self._versions, self._parts = [-1] * len(hub.sites), [None] * len(hub.sites)
+        for i, c in enumerate(hub.sites):
+            if self._versions[i] != c.version:
+                self._parts[i], self._versions[i], self._snap = _site_part(hub, i), c.version, None
+        if self._snap is None:
+            self._snap = Snapshot(hub.cfg.site, tuple(p[0] for p in self._parts),
+                                  tuple(t for p in self._parts for t in p[1]), hub.link_changes)
+        return self._snap
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What was measured and counted, read when shown; per tunnel in config order."""
+
+    stats: Sequence[LinkStats | None]           # None: not probed (yet)
+    tx: Sequence[tuple[int, int]]               # packets, bytes steered into the tunnel
+    flows: Sequence[int]                        # live flows (refreshed off the loop)
+    probes: Sequence[tuple[int, int]] = ()      # sent, received; () when not probing
+    health: HealthConfig = field(default_factory=HealthConfig)   # the SLA thresholds
+    esp: dict[str, Any] | None = None           # tunnel name -> EspCounters; None: no XFRM watch
+    sla: Sequence[tuple[str, str, bool]] | None = None   # tunnel, class, within; None: no quality rules
+    rule_hits: dict[str, int] = field(default_factory=dict)
+    rules: int = 0
+    rebalances: int = 0
+    slots_moved: int = 0
+    config_errors: int = 0
+    config_generation: int = 1
+    event_write_errors: int = 0
+    loop_errors: dict[str, int] = field(default_factory=dict)
+    hooks: Sequence[tuple[str, int, int]] = ()  # each hook's script: runs, failures
+    # duplicated rules' copies, None while no rule duplicates: (rule, site, (packets,
+    # bytes)) per rule and site, and tunnel name -> (packets, bytes) per copy tunnel
+    dup_rules: Sequence[tuple[str, str, tuple[int, int]]] | None = None
+    dup_tunnels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    started: float = 0.0                        # time.monotonic() at start
+    metrics_port: int | None = None
+    probe_timing: dict[str, Any] = field(default_factory=dict)
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _mos(st) -> float | None:
-    m = mos_of_stats(st.rtt_mean, st.jitter, st.loss_ratio) if st else None
-    return None if m is None else round(m, 2)
+def mos_of(st: LinkStats | None) -> float | None:
+    """The estimated MOS of a tunnel's probe statistics (None without them)."""
+    return mos_of_stats(st.rtt_mean, st.jitter, st.loss_ratio) if st else None
 
 
-def tunnel_rows(daemon, site: str | None = None) -> list[dict[str, Any]]:
-    c = daemon.controller
-    cfg = daemon.cfg
-    weights = c.weights             # each a fraction of its site's total
-    shares = c.shares()
-    flows = daemon.flow_counts_cache    # refreshed off the loop: a status never walks the flow table
-    states = c.states
+def tunnel_rows(snap: Snapshot, rd: Readings, site: str | None = None) -> list[dict[str, Any]]:
     rows = []
-    for i, t in enumerate(cfg.tunnels):
-        site_name = cfg.sites[cfg.site_of(i)].name
-        if site is not None and site_name != site:
+    for i, t in enumerate(snap.tunnels):
+        if site is not None and t.site != site:
             continue
-        st = daemon.monitors[i].stats() if daemon.monitors else None
-        pk, by = daemon.counters_cache[i] if i < len(daemon.counters_cache) else (0, 0)
+        st = rd.stats[i] if i < len(rd.stats) else None
+        pk, by = rd.tx[i] if i < len(rd.tx) else (0, 0)
+        mos = mos_of(st)
         rows.append({
-            "name": t.name, "site": site_name, "ha_role": t.ha_role, "wan": t.wan,
-            "interface": t.interface, "state": states[i],
-            "drained": c.drained_of(i),
+            "name": t.name, "site": t.site, "ha_role": t.ha_role, "wan": t.wan,
+            "interface": t.interface, "state": t.state,
+            "drained": t.drained,
             "rtt_ms": _ms(st.rtt_mean) if st else None,
             "rtt_p50_ms": _ms(st.rtt_p50) if st else None,
             "jitter_ms": _ms(st.jitter) if st else None,
             "loss_pct": round(st.loss_ratio * 100, 2) if st else None,
-            "mos": _mos(st),
-            "weight": round(weights[i], 4),
-            "share": round(shares[i], 4),
-            "flows": flows[i] if i < len(flows) else 0,
+            "mos": None if mos is None else round(mos, 2),
+            "weight": round(t.weight, 4),
+            "share": round(t.share, 4),
+            "flows": rd.flows[i] if i < len(rd.flows) else 0,
             "tx_packets": pk, "tx_bytes": by,
-            "down_mbps": t.bandwidth.down_mbps,
-            "cap_mbps": t.bandwidth.cap_mbps,
+            "down_mbps": t.down_mbps,
+            "cap_mbps": t.cap_mbps,
         })
     return rows
 
 
-def site_rows(daemon, site: str | None = None) -> list[dict[str, Any]]:
+def site_rows(snap: Snapshot, site: str | None = None) -> list[dict[str, Any]]:
     """Per site: its active HA role and its tunnels' names (and a summary that
     keeps a 1,000-site table readable: tunnels up, primaries up)."""
-    c, cfg = daemon.controller, daemon.cfg
-    out = []
-    for i, st in enumerate(cfg.sites):
-        if site is not None and st.name != site:
-            continue
-        states = c.sites[i].states
-        out.append({"site": st.name, "active_ha_role": c.active_role(i),
-                    "tunnels": [t.name for t in st.tunnels],
-                    "up": sum(s != "down" for s in states),
-                    "degraded": sum(s == "degraded" for s in states),
-                    "primaries_up": sum(s != "down" for s, t in zip(states, st.tunnels)
-                                        if t.ha_role == "primary")})
-    return out
+    return [{"site": s.name, "active_ha_role": s.active_ha_role, "tunnels": list(s.tunnels),
+             "up": s.up, "degraded": s.degraded, "primaries_up": s.primaries_up}
+            for s in snap.sites if site is None or s.name == site]
 
 
-def build(daemon, site: str | None = None) -> dict[str, Any]:
+def build(snap: Snapshot, rd: Readings, site: str | None = None) -> dict[str, Any]:
     """The status document; *site* limits sites and tunnels to one site. The
     top-level `site` and `active_ha_role` are there when one site is shown."""
-    sites = site_rows(daemon, site)
+    sites = site_rows(snap, site)
     doc: dict[str, Any] = {}
     if len(sites) == 1:
         doc["site"] = sites[0]["site"]
         doc["active_ha_role"] = sites[0]["active_ha_role"]
     doc.update({
         "sites": sites,
-        "tunnels": tunnel_rows(daemon, site),
-        "rules": len(daemon.ruleset.rules) if daemon.ruleset else 0,
-        "config_generation": daemon.config_generation,
-        "uptime_s": round(time.monotonic() - daemon.started, 1),
-        "metrics_port": daemon.metrics_port,
-        "probe_timing": daemon.probe_timing(time.monotonic()),
+        "tunnels": tunnel_rows(snap, rd, site),
+        "rules": rd.rules,
+        "config_generation": rd.config_generation,
+        "uptime_s": round(time.monotonic() - rd.started, 1),
+        "metrics_port": rd.metrics_port,
+        "probe_timing": rd.probe_timing,
     })
     return doc
 

@@ -26,10 +26,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from steerd.config import Hook
-from steerd.events import EventLog
-from steerd.hooks import HookRunner
+from steerd.config import HealthConfig
+from steerd.health import LinkStats
 from steerd.metrics import SteerdCollector
+from steerd.status import Readings, SiteStatus, Snapshot, TunnelStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -56,28 +56,26 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------------------
-# What the daemon exports: SteerdCollector over a fake daemon with the attributes
-# steerd/metrics.py reads (2 tunnels, one per HA role, with monitors, probers, rules).
+# What the daemon exports: SteerdCollector over a fake daemon's view (2 tunnels, one per
+# HA role, probed, with rules, quality rules, XFRM counters and a hook).
 # --------------------------------------------------------------------------------------
 def fake_daemon():
-    tunnels = [NS(name="pri-wan1", wan="wan1", ha_role="primary"),
-               NS(name="sec-wan1", wan="wan1", ha_role="secondary")]
-    stats = [NS(loss_ratio=0.0, rtt_mean=0.012, jitter=0.0008),
-             NS(loss_ratio=0.2, rtt_mean=0.031, jitter=0.004)]
-    controller = NS(weights=[1.0, 0.0], states=["up", "degraded"], active_role=lambda i: "primary",
-                    shares=lambda: [1.0, 0.0], link_changes=2)
-    health = NS(loss_pct=3.0, jitter_ms=30.0, latency_ms=600.0)
-    cfg = NS(tunnels=tunnels, site="branch-01", health=health, sites=[NS(name="branch-01")],
-             site_of=lambda i: 0)
-    return NS(controller=controller, cfg=cfg,
-              monitors=[NS(stats=lambda s=s: s) for s in stats],
-              probers=[NS(sent=120, received=118), NS(sent=120, received=96)],
-              counters_cache=[(1500, 1_200_000), (0, 0)],
-              rebalances=3, slots_moved=410, config_errors=1, config_generation=2,
-              rulemaps=NS(hits=lambda: {"voice": 42, "backup": 0}),
-              events=NS(write_errors=0), loop_errors={"counters": 1},
-              hooks=HookRunner([Hook(frozenset({"link_down"}), "/usr/local/sbin/notify", 5.0)],
-                               EventLog()))
+    tunnels = (TunnelStatus("pri-wan1", "branch-01", "primary", "wan1", "ipsec1", "up", False,
+                            1.0, 1.0, 100.0, None),
+               TunnelStatus("sec-wan1", "branch-01", "secondary", "wan1", "ipsec2", "degraded", False,
+                            0.0, 0.0, 50.0, None))
+    snap = Snapshot("branch-01", (SiteStatus("branch-01", "primary", ("pri-wan1", "sec-wan1"), 2, 1, 1),),
+                    tunnels, link_changes=2)
+    stats = [LinkStats(0.0, 0.012, 0.011, 0.0008, 10), LinkStats(0.2, 0.031, 0.030, 0.004, 10)]
+    esp = NS(tx_bytes=1, rx_bytes=2, tx_packets=3, rx_packets=4)
+    readings = Readings(stats=stats, tx=[(1500, 1_200_000), (0, 0)], flows=[3, 0],
+                        probes=[(120, 118), (120, 96)], health=HealthConfig(),
+                        esp={"pri-wan1": esp}, sla=[("pri-wan1", "realtime", True)],
+                        rule_hits={"voice": 42, "backup": 0}, rules=2, rebalances=3,
+                        slots_moved=410, config_errors=1, config_generation=2,
+                        loop_errors={"counters": 1}, hooks=[("/usr/local/sbin/notify", 0, 0)],
+                        dup_rules=[("voice", "branch-01", (5, 700))], dup_tunnels={"sec-wan1": (5, 700)})
+    return NS(view=lambda: (snap, readings))
 
 
 @pytest.fixture(scope="module")
