@@ -229,10 +229,11 @@ async def _client(daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWr
 async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
     if cmd == "status":
         site = req.get("site")
-        if site is not None and site not in {s.name for s in daemon.cfg.sites}:
-            return {"ok": False, "error": f"no site {site!r} (steerctl status lists them)"}
         await daemon.refresh_flow_counts()
-        return {"ok": True, "status": status.build(*daemon.view(), site)}
+        snap, readings = daemon.view()
+        if site is not None and site not in {s.name for s in snap.sites}:
+            return {"ok": False, "error": f"no site {site!r} (steerctl status lists them)"}
+        return {"ok": True, "status": status.build(snap, readings, site)}
     if cmd == "events":
         since = float(req.get("since") or 0)
         return {"ok": True, "events": [e.as_dict() for e in daemon.events.since(since)]}

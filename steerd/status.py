@@ -12,6 +12,7 @@ nothing else of it.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
@@ -74,15 +75,21 @@ def _site_part(hub: Hub, i: int) -> tuple[SiteStatus, tuple[TunnelStatus, ...]]:
 
 
 class Snapshots:
-    """The snapshot of the running controller, taken once per change."""
+    """The snapshot of the running controller, taken once per change. The
+    metrics server's thread asks too: one taker at a time."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._hub: Hub | None = None
         self._versions: list[int] = []
         self._parts: list[tuple[SiteStatus, tuple[TunnelStatus, ...]] | None] = []
         self._snap: Snapshot | None = None
 
     def of(self, hub: Hub) -> Snapshot:
+        with self._lock:
+            return self._take(hub)
+
+    def _take(self, hub: Hub) -> Snapshot:
         if hub is not self._hub:                  # a reload's new controller
             self._hub, self._snap = hub, None
             self._versions, self._parts = [-1] * len(hub.sites), [None] * len(hub.sites)
