@@ -1,14 +1,16 @@
 """Writes compiled rules into the matcher's maps (ebpf/rules.h), atomically.
 
-Every table has two halves. ``apply`` fills the inactive half with batch
-updates (one syscall per map, not one per element: tests/bench/rules times an
-apply), writes that half's cfg (generation, rule count), then flips
-``rl_active``: packets switch from one complete rule set to the other, and the
+Every table has two halves. ``apply`` fills the inactive half (batch
+updates: one syscall per map, not one per element; the four big per-entry
+tables are mmapable and written as memory copies, tests/bench/apply), writes
+that half's cfg (generation, rule count), then flips ``rl_active``: packets
+switch from one complete rule set to the other, and the
 program is never recompiled or reattached.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import mmap
 import os
 import time
 from array import array
@@ -50,6 +52,19 @@ class _Map:
         self.max_entries = t.max_entries
         self.key_size = ct.sizeof(t.Key)
         self.value_size = ct.sizeof(getattr(t, "sLeaf", t.Leaf))
+        self._mem: mmap.mmap | None = None
+
+    def write_u32s(self, start: int, values: array) -> None:
+        """Entries start.. of an mmapable u32 array (BPF_F_MMAPABLE), as one memory
+        copy; the kernel keeps each value at an 8-byte stride."""
+        if self._mem is None:
+            size = (self.max_entries * 8 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+            self._mem = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE)
+        if start < 0 or start + len(values) > self.max_entries:
+            raise IndexError(f"{self.name}: entries {start}..{start + len(values) - 1} "
+                             f"outside 0..{self.max_entries - 1}")
+        self._mem[start * 8:(start + len(values)) * 8] = array("Q", values)
 
     def update(self, keys: Any, values: Any, count: int) -> None:
         if count <= 0:
@@ -254,7 +269,7 @@ class RuleMaps:
                                                           ("rl_dir6", "rl_chunk6", c.dir6)):
             for which, l1 in enumerate((l1_src, l1_dst)):
                 if l1:
-                    m[dir_map].update(_keys((s * 2 + which) * 65536, 65536), l1, 65536)
+                    m[dir_map].write_u32s((s * 2 + which) * 65536, l1)
             if pool:
                 chunks = bytearray(m[chunk_map].value_size)
                 pb = pool.tobytes()
@@ -266,7 +281,7 @@ class RuleMaps:
                 for runs in per_class:             # 4 port classes, 65536 ports each
                     for lo, hi, bid in runs:
                         vals.extend(array("I", [bid]) * (hi - lo + 1))
-                m[name].update(_keys(s * 4 * 65536, 4 * 65536), vals, 4 * 65536)
+                m[name].write_u32s(s * 4 * 65536, vals)
         m["rl_proto"].update(_keys(s * 256, 256), array("I", c.proto), 256)
         m["rl_dscp"].update(_keys(s * 64, 64), array("I", c.dscp), 64)
         if c.ingress:
