@@ -111,9 +111,9 @@ class _Interner:
         self.items: list[int] = [0]
 
     def __call__(self, bm: int) -> int:
-        i = self.ids.get(bm)
-        if i is None:
-            i = self.ids[bm] = len(self.items)
+        # one hash per call: hashing a 10,000-bit int walks all its digits
+        i = self.ids.setdefault(bm, len(self.items))
+        if i == len(self.items):
             self.items.append(bm)
         return i
 
