@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -18,16 +19,17 @@ import time
 from collections import deque
 from typing import Sequence
 
-from . import control, drain, metrics, sdnotify, silence, staging, status
+from . import control, drain, metrics, sdnotify, silence, stager, staging, status
 from .config import SiteConfig, load_config
 from .controller import Hub, Note, Programming
 from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load_layouts,
                         record_layout)
 from .events import EventLog
 from .hooks import HookRunner
-from .rules import RuleSet
+from .rules import CompiledRules, RuleSet
+from .rules.image import RuleImage
 from .schedule import WakeQueue
-from .yamlsrc import ValidationError
+from .yamlsrc import ValidationError, gc_paused
 
 log = logging.getLogger("steerd")
 MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation interval
@@ -72,6 +74,7 @@ class Daemon:
         self.config_generation = 1
         self.metrics_port: int | None = None
         self.ruleset = None
+        self._rules_packed: stager.RulesPickle | None = None   # the ruleset as the stager pickled it
         self.rulemaps = None
         self.quality = None              # sla.QualityPlan of the rules with a wan list or an SLA
         self._quality_at = -QUALITY_EVERY
@@ -603,6 +606,9 @@ class Daemon:
         self.apply_all(results)
         where = {"sites": len(self.cfg.sites)} if self.cfg.hub else {"site": self.cfg.site}
         self.events.emit("started", "adopted pinned state" if adopted else "fresh start", **where)
+        # What start built (modules, maps, the rules) lives as long as the daemon:
+        # out of the collector's reach, no full collection walks it while probes run.
+        gc.freeze()
         self._control = await control.serve(self, self.cfg.control_socket, self.cfg.control_group,
                                             lock_fd)
         self.metrics_port = metrics.serve(self, self.cfg.metrics_listen)
@@ -664,6 +670,7 @@ class Daemon:
             self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits),
                                 sites=self.wan_rows(ctl))
             self.ruleset = ruleset
+            self._rules_packed = stager.pack_rules(ruleset.rules)
 
     def set_drained(self, name: str, on: bool) -> dict:
         """`steerctl tunnel drain|undrain NAME`: the controller moves the flows,
@@ -707,53 +714,72 @@ class Daemon:
         """The loaded maps' capacities: what a rule set is compiled (and checked) against."""
         return (self.rulemaps or self.dp.rule_maps()).limits
 
-    async def _install_rules(self, ruleset, compiled) -> int:
-        """Swap in a compiled rule set (one flip in the data path), off the loop."""
+    async def _install_rules(self, ruleset: RuleSet | None, rules: RuleImage | CompiledRules,
+                             packed: stager.RulesPickle | None) -> int:
+        """Swap in a staged rule set (one flip in the data path), off the loop.
+        *packed*: *ruleset* as pickled by the stager (the next apply's diff base)."""
         if self.rulemaps is None:
             self.rulemaps = self.dp.rule_maps()
         async with self._dp_job:
             old_plan = self._new_quality_plan(ruleset, time.monotonic(), self.controller)
             try:
-                await asyncio.to_thread(self.rulemaps.apply, compiled, sites=self.wan_rows())
+                await asyncio.to_thread(self.rulemaps.apply, rules, sites=self.wan_rows())
             except BaseException:
                 self.quality = old_plan     # all or nothing: the running rules keep their plan
                 raise
-            self.ruleset = ruleset
+            self.ruleset, self._rules_packed = ruleset, packed
             self._release_dups()
         self._dirty = True   # pins follow the wan -> tunnel map as it is now
         self._resync()
         await self.apply_qos()
         return self.rulemaps.generation
 
+    async def _take_in(self, staged: stager.StagedRules) -> RuleSet:
+        """The staged rules as objects, built one chunk per loop turn. No cyclic
+        GC meanwhile, and what is alive at the end is frozen (gc.freeze): a full
+        collection walks the ~10^5 new objects for 0.1 s and more with the GIL
+        held, a stall of the probe loop, and rules are never cyclic garbage
+        (reference counting frees a replaced set, frozen or not). The price:
+        cyclic garbage made during these few ms is never collected."""
+        with gc_paused():
+            ruleset = await stager.unpack_rules(staged.rules, staged.path)
+            gc.freeze()
+        return ruleset
+
     async def rules_apply(self, text: str, path: str, dry_run: bool) -> dict:
-        """`steerctl rules apply`: validate and compile off the loop, show the diff,
-        swap in the new set unless *dry_run*. Nothing changes on any error."""
+        """`steerctl rules apply`: validate and compile off the loop (in a child
+        process, steerd.stager), show the diff, swap in the new set unless
+        *dry_run*. Nothing changes on any error."""
         async with self._config_lock:
-            old = self.ruleset or RuleSet((), path)
             try:
-                new, compiled, d = await asyncio.to_thread(_stage_rules_and_diff, text, path,
-                                                           self.cfg, self._rule_limits(), old)
+                staged, d = await stager.stage_rules(text, path, self.cfg, self._rule_limits(),
+                                                     self._rules_packed)
             except ValidationError as exc:
                 return {"ok": False, "error": "invalid rules, nothing changed",
                         "problems": [p.as_dict() for p in exc.problems], "text": str(exc)}
-            as_dict, text_diff, added, removed, changed = d
-            out = {"ok": True, "dry_run": dry_run, "diff": as_dict, "diff_text": text_diff}
+            except stager.StagingFailed as exc:
+                log.error("rules apply: %s", exc)
+                return {"ok": False, "error": f"rules not staged, nothing changed: {exc}"}
+            out = {"ok": True, "dry_run": dry_run, "diff": d.as_dict, "diff_text": d.text}
             if not dry_run:
                 t0 = time.monotonic()
-                out["generation"] = await self._install_rules(new, compiled)
+                new = await self._take_in(staged)
+                out["generation"] = await self._install_rules(new, staged.image, staged.rules)
                 out["apply_seconds"] = round(time.monotonic() - t0, 4)
-                self.events.emit("rules_applied", f"{len(new.rules)} rules from {path}",
-                                 added=added, removed=removed, changed=changed)
+                self.events.emit("rules_applied", f"{staged.nrules} rules from {path}",
+                                 added=d.added, removed=d.removed, changed=d.changed)
             return out
 
     async def reload(self) -> dict:
         """Re-read config and rules; validate and compile everything before
-        changing anything (off the loop). On any error keep everything as it
-        runs, log why, count it and say so in an event. One reload at a time."""
+        changing anything (off the loop, in a child process). On any error keep
+        everything as it runs, log why, count it and say so in an event. One
+        reload at a time."""
         async with self._config_lock:
             try:
-                staged = await asyncio.to_thread(staging.stage_config, self.cfg.path, self.cfg,
-                                                 self._rule_limits())
+                cfg, staged = await stager.stage_config(self.cfg.path, self.cfg,
+                                                        self._rule_limits())
+                ruleset = await self._take_in(staged) if staged is not None else None
             except ValidationError as exc:
                 self.config_errors += 1
                 self.events.emit("config_rejected",
@@ -767,15 +793,16 @@ class Daemon:
                 log.exception("reload rejected, keeping the running config")
                 return {"ok": False, "error": f"reload rejected, nothing changed: {exc}"}
             try:
-                changes = await self._switch_config(staged.cfg)
-                if staged.cfg.hooks != self.hooks.hooks:
+                changes = await self._switch_config(cfg)
+                if cfg.hooks != self.hooks.hooks:
                     self.hooks.stop()
-                    self.hooks = HookRunner(staged.cfg.hooks, self.events)
+                    self.hooks = HookRunner(cfg.hooks, self.events)
                     self.hooks.start()
-                if staged.compiled is not None or self.ruleset is not None:
-                    compiled = staged.compiled or staging.compile_for(
-                        _no_rules(staged.cfg), staged.cfg, self._rule_limits())
-                    await self._install_rules(staged.ruleset, compiled)
+                if staged is not None:
+                    await self._install_rules(ruleset, staged.image, staged.rules)
+                elif self.ruleset is not None:      # rules_file removed: an empty set
+                    await self._install_rules(None, staging.compile_for(
+                        _no_rules(cfg), cfg, self._rule_limits()), None)
                 else:
                     await self.apply_qos()
             except Exception as exc:
@@ -876,15 +903,6 @@ class Daemon:
 
 def _no_rules(cfg: SiteConfig) -> RuleSet:
     return RuleSet((), cfg.rules_file or "<no rules>")
-
-
-def _stage_rules_and_diff(text: str, path: str, cfg: SiteConfig, limits, old):
-    """Worker-thread part of `rules apply`: parse, compile, diff, and the diff's
-    rendering (10,000 rule summaries are ~0.2 s of Python: not on the loop)."""
-    from .rules import diff
-    new, compiled = staging.stage_rules(text, path, cfg, limits)
-    d = diff(old, new)
-    return new, compiled, (d.as_dict(), d.render(), len(d.added), len(d.removed), len(d.changed))
 
 
 def _raise_fd_limit() -> None:

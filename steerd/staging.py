@@ -3,9 +3,9 @@
 Everything that can reject an input happens here, with no effect on the
 running daemon: parsing, validation, the settings a reload cannot change and
 the rule compiler's capacity check. The daemon runs these functions off its
-event loop and switches only to a result that is complete; `steerctl config
-check` and `rules apply --dry-run` call the same ones, so "valid" means "the
-daemon can load it".
+event loop (in a short-lived child, steerd.stager) and switches only to a
+result that is complete; `steerctl config check` and `rules apply --dry-run`
+call the same ones, so "valid" means "the daemon can load it".
 """
 from __future__ import annotations
 
@@ -100,8 +100,7 @@ def stage_config(path: str, running: SiteConfig | None, limits: Limits) -> Stage
     return Staged(cfg, ruleset, compiled)
 
 
-def stage_rules(text: str, path: str, cfg: SiteConfig, limits: Limits) -> tuple[RuleSet, CompiledRules]:
-    """Parse, validate and compile a rules file sent by `steerctl rules apply`."""
-    ruleset = parse_rules(text, path, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes,
-                          sites=cfg.site_wans)
-    return ruleset, compile_for(ruleset, cfg, limits)
+def parse_rules_for(text: str, path: str, cfg: SiteConfig) -> RuleSet:
+    """Parse and validate a rules file sent by `steerctl rules apply` against *cfg*."""
+    return parse_rules(text, path, cfg.wans, set(cfg.ingress), sla_classes=cfg.sla_classes,
+                       sites=cfg.site_wans)

@@ -20,7 +20,8 @@ from bcc.libbcc import lib
 from bcc.utils import get_possible_cpus
 
 from steerd.abi import RlCfg
-from steerd.rules import F_DPORT, F_SPORT, NFIELDS, NO_TUNNEL, CompiledRules, Limits
+from steerd.rules import NO_TUNNEL, CompiledRules, Limits
+from steerd.rules.image import Installed, RuleImage, bm_header_size, image_of
 
 #: After a flip, a packet that read the old ``rl_active`` may still be
 #: classifying against the old half; wait this long before rewriting it
@@ -36,9 +37,12 @@ def rules_cflags(limits: Limits = Limits()) -> list[str]:
 
 
 def _buf(a: Any) -> ct.c_void_p:
-    """Address of an array.array / bytearray without copying."""
+    """Address of an array.array / bytearray / bytes without copying (the kernel
+    only reads keys and values it is given)."""
     if isinstance(a, array):
         return ct.c_void_p(a.buffer_info()[0])
+    if isinstance(a, bytes):
+        return ct.cast(ct.c_char_p(a), ct.c_void_p)
     return ct.cast((ct.c_char * len(a)).from_buffer(a), ct.c_void_p)
 
 
@@ -54,17 +58,25 @@ class _Map:
         self.value_size = ct.sizeof(getattr(t, "sLeaf", t.Leaf))
         self._mem: mmap.mmap | None = None
 
-    def write_u32s(self, start: int, values: array) -> None:
-        """Entries start.. of an mmapable u32 array (BPF_F_MMAPABLE), as one memory
-        copy; the kernel keeps each value at an 8-byte stride."""
+    def write_stride8(self, start: int, data: bytes) -> None:
+        """Entries start.. of an mmapable array (BPF_F_MMAPABLE) from *data*, laid
+        out as the kernel keeps it (each value at an 8-byte stride): one memory copy."""
         if self._mem is None:
             size = (self.max_entries * 8 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
             self._mem = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
-        if start < 0 or start + len(values) > self.max_entries:
-            raise IndexError(f"{self.name}: entries {start}..{start + len(values) - 1} "
-                             f"outside 0..{self.max_entries - 1}")
-        self._mem[start * 8:(start + len(values)) * 8] = array("Q", values)
+        if start < 0 or len(data) % 8 or start + len(data) // 8 > self.max_entries:
+            raise IndexError(f"{self.name}: {len(data)} bytes at entry {start} do not fit "
+                             f"{self.max_entries} entries")
+        self._mem[start * 8:start * 8 + len(data)] = data
+
+    def update_value(self, key: int, data: bytes) -> None:
+        """One array value from *data*, zero-padded to the value size."""
+        if len(data) > self.value_size:
+            raise ValueError(f"{self.name}: {len(data)} bytes for a {self.value_size}-byte value")
+        value = bytearray(self.value_size)
+        value[:len(data)] = data
+        self.update(array("I", [key]), value, 1)
 
     def update(self, keys: Any, values: Any, count: int) -> None:
         if count <= 0:
@@ -114,11 +126,10 @@ class RuleMaps:
         m = self.m
         self.ncpus = len(get_possible_cpus())
         max_rules = m["rl_rules"].max_entries // 2
-        nsum = (max_rules // 64 + 63) // 64
-        self._hdr_size = (12 * nsum + 7) // 8 * 8          # sizeof(struct rl_bm)
+        hdr_size = bm_header_size(Limits(max_rules=max_rules))     # sizeof(struct rl_bm)
         # the big tables are one value per set: capacities follow from value sizes
         self.limits = Limits(max_rules=max_rules,
-                             max_bitmaps=m["rl_bm"].value_size // self._hdr_size,
+                             max_bitmaps=m["rl_bm"].value_size // hdr_size,
                              max_words=m["rl_words"].value_size // 8,
                              max_chunks=m["rl_chunk4"].value_size // 64,
                              max_chunks6=m["rl_chunk6"].value_size // 64,
@@ -126,7 +137,7 @@ class RuleMaps:
                              max_ingress=m["rl_ingress"].max_entries)
         # what each half holds, so the next fill can delete stale hash keys
         self._ingress_keys: list[tuple[array, int]] = [(array("I"), 0), (array("I"), 0)]
-        self._compiled: list[CompiledRules | None] = [None, None]
+        self._installed: list[Installed | None] = [None, None]
         # per set: site id -> the wan row written there
         self._wans_written: list[dict[int, array]] = [{}, {}]
         self._active = 0
@@ -150,38 +161,43 @@ class RuleMaps:
         return self._active
 
     @property
-    def compiled(self) -> CompiledRules | None:
-        return self._compiled[self._active]
+    def installed(self) -> Installed | None:
+        """What the active set is (rule names, wan ids), None before the first apply."""
+        return self._installed[self._active]
 
-    def apply(self, compiled: CompiledRules, wan_tunnels: Mapping[str, int | None] | None = None,
+    def apply(self, rules: RuleImage | CompiledRules,
+              wan_tunnels: Mapping[str, int | None] | None = None,
               sites: Mapping[int, Mapping[str, int | None]] | None = None) -> None:
-        """Make *compiled* the active rule set in one step (the flip of rl_active).
-        *wan_tunnels*: site 0's wan -> tunnel; hub mode passes *sites* (site id
-        -> wan -> tunnel id) instead: a rule's wan is its packet's site's tunnel."""
+        """Make *rules* (an image, or compiled rules: imaged here) the active rule
+        set in one step (the flip of rl_active). *wan_tunnels*: site 0's wan ->
+        tunnel; hub mode passes *sites* (site id -> wan -> tunnel id) instead: a
+        rule's wan is its packet's site's tunnel."""
         site_wans = {k: dict(v) for k, v in sites.items()} if sites is not None \
             else {0: dict(wan_tunnels or {})}
-        if compiled.limits != self.limits:
-            raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}: "
+        if rules.limits != self.limits:
+            raise ValueError(f"rules compiled for {rules.limits}, maps are {self.limits}: "
                              "compile with RuleMaps.limits")
+        image = rules if isinstance(rules, RuleImage) else image_of(rules)
+        new = image.installed
         s = 1 - self._active
         wait = self._flipped_at + _REUSE_GRACE_S - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        self._fill(s, compiled, site_wans)
+        self._fill(s, image, site_wans)
         gen = self._gen + 1
-        self._write_cfg(s, gen, compiled.nrules, compiled.used, compiled.ingress_default)
-        old = self._compiled[self._active]
+        self._write_cfg(s, gen, new.nrules, new.used, new.ingress_default)
+        old = self._installed[self._active]
         old_hits = self._read_hits(self._active, old) if old else {}
         self._write_active(s)          # <- the atomic switch
         self._flipped_at = time.monotonic()
         # packets classified on the old half between the read above and the flip
         # are lost from the counters: a handful at most, never double counted
         self._active, self._gen = s, gen
-        self._compiled[s] = compiled
+        self._installed[s] = new
         self._wan_tunnels = site_wans
         for name, n in old_hits.items():
             self._carried[name] = self._carried.get(name, 0) + n
-        keep = set(compiled.names)
+        keep = set(new.names)
         self._carried = {k: v for k, v in self._carried.items() if k in keep}
 
     def set_wan_tunnels(self, wan_tunnels: Mapping[str, int | None], site: int = 0) -> None:
@@ -191,7 +207,7 @@ class RuleMaps:
         generation also sees the new table. Nothing happens (no syscall, no
         new generation) when the table would not change: the daemon calls this
         on every rebalance. *site*: whose row (hub mode)."""
-        c = self._compiled[self._active]
+        c = self._installed[self._active]
         self._wan_tunnels[site] = dict(wan_tunnels)
         if c is None:
             return
@@ -203,7 +219,7 @@ class RuleMaps:
 
     def hits(self) -> dict[str, int]:
         """Packets matched per rule name of the active set, across applies."""
-        c = self._compiled[self._active]
+        c = self._installed[self._active]
         if c is None:
             return {}
         cur = self._read_hits(self._active, c)
@@ -218,7 +234,7 @@ class RuleMaps:
         cfg = bytearray(RlCfg(gen, nrules, used, ingress_default))
         self.m["rl_cfg"].update(array("I", [s]), cfg, 1)
 
-    def _wan_table(self, c: CompiledRules, wan_tunnels: Mapping[str, int | None]) -> array:
+    def _wan_table(self, c: Installed, wan_tunnels: Mapping[str, int | None]) -> array:
         vals = array("I", [NO_TUNNEL] * self.limits.max_wans)
         for name, wid in c.wan_ids.items():
             t = wan_tunnels.get(name)
@@ -226,7 +242,7 @@ class RuleMaps:
                 vals[wid] = t
         return vals
 
-    def _write_wans(self, s: int, c: CompiledRules,
+    def _write_wans(self, s: int, c: Installed,
                     site_wans: Mapping[int, Mapping[str, int | None]]) -> None:
         """Rows [(set * max_sites + site) * max_wans ...] of the given sites, one batch."""
         n = self.limits.max_wans
@@ -238,9 +254,10 @@ class RuleMaps:
             self._wans_written[s][site] = row
         self.m["rl_wan"].update(keys, vals, len(keys))
 
-    def _fill(self, s: int, c: CompiledRules,
+    def _fill(self, s: int, img: RuleImage,
               site_wans: Mapping[int, Mapping[str, int | None]]) -> None:
-        lim, m, lay = self.limits, self.m, c.layout
+        """Copy *img* into half *s*: memory copies and one batch per map."""
+        m = self.m
         # 1. stale keys of this half (from two applies ago) would still match: delete
         #    (every other table is an array, overwritten or never read past its end)
         ik, icount = self._ingress_keys[s]
@@ -248,63 +265,40 @@ class RuleMaps:
         self._ingress_keys[s] = (array("I"), 0)
         # 2. bitmaps: sparse S headers, their words, the dense U per field;
         #    each is one whole map value per set (struct rl_bmtab etc.)
-        nb, nsum = len(c.bitmaps), lim.nsum
-        hdr = bytearray(m["rl_bm"].value_size)
-        pad = bytes(self._hdr_size - 12 * nsum)
-        sums, bases = lay.bm_sum.tobytes(), lay.bm_base.tobytes()
-        blob = b"".join(sums[i * 8 * nsum:(i + 1) * 8 * nsum] + bases[i * 4 * nsum:(i + 1) * 4 * nsum]
-                        + pad for i in range(nb))
-        hdr[:len(blob)] = blob
-        m["rl_bm"].update(_keys(s, 1), hdr, 1)
-        words = bytearray(m["rl_words"].value_size)
-        wb = lay.words.tobytes()
-        words[:len(wb)] = wb
-        m["rl_words"].update(_keys(s, 1), words, 1)
-        # struct rl_ubm: sum[RL_NF][RL_NSUM] then w[RL_NF][RL_NWORDS]
-        ub = bytearray(b"".join(lay.ubase[f][0].tobytes() for f in range(NFIELDS))
-                       + b"".join(lay.ubase[f][1].tobytes() for f in range(NFIELDS)))
-        m["rl_ubase"].update(_keys(s, 1), ub, 1)
+        m["rl_bm"].update_value(s, img.bm)
+        m["rl_words"].update_value(s, img.words)
+        m["rl_ubase"].update_value(s, img.ubase)
         # 3. field tables (fields no rule uses are never looked up: skip them)
-        for dir_map, chunk_map, (l1_src, l1_dst, pool) in (("rl_dir4", "rl_chunk4", c.dir4),
-                                                          ("rl_dir6", "rl_chunk6", c.dir6)):
+        for dir_map, chunk_map, (l1_src, l1_dst, pool) in (("rl_dir4", "rl_chunk4", img.dir4),
+                                                          ("rl_dir6", "rl_chunk6", img.dir6)):
             for which, l1 in enumerate((l1_src, l1_dst)):
                 if l1:
-                    m[dir_map].write_u32s((s * 2 + which) * 65536, l1)
+                    m[dir_map].write_stride8((s * 2 + which) * 65536, l1)
             if pool:
-                chunks = bytearray(m[chunk_map].value_size)
-                pb = pool.tobytes()
-                chunks[:len(pb)] = pb
-                m[chunk_map].update(_keys(s, 1), chunks, 1)
-        for name, fld, per_class in (("rl_sport", F_SPORT, c.sport), ("rl_dport", F_DPORT, c.dport)):
-            if c.used & (1 << fld):
-                vals = array("I")
-                for runs in per_class:             # 4 port classes, 65536 ports each
-                    for lo, hi, bid in runs:
-                        vals.extend(array("I", [bid]) * (hi - lo + 1))
-                m[name].write_u32s(s * 4 * 65536, vals)
-        m["rl_proto"].update(_keys(s * 256, 256), array("I", c.proto), 256)
-        m["rl_dscp"].update(_keys(s * 64, 64), array("I", c.dscp), 64)
-        if c.ingress:
-            keys = array("I")
-            for ifindex in c.ingress:
+                m[chunk_map].update_value(s, pool)
+        for name, table in (("rl_sport", img.sport), ("rl_dport", img.dport)):
+            if table:
+                m[name].write_stride8(s * 4 * 65536, table)
+        m["rl_proto"].update(_keys(s * 256, 256), img.proto, 256)
+        m["rl_dscp"].update(_keys(s * 64, 64), img.dscp, 64)
+        if img.ingress:
+            keys, vals = array("I"), array("I")
+            for ifindex, sid in img.ingress:
                 keys.extend((s, ifindex))
-            vals = array("I", list(c.ingress.values()))
-            m["rl_ingress"].update(keys, vals, len(c.ingress))
-            self._ingress_keys[s] = (keys, len(c.ingress))
+                vals.append(sid)
+            m["rl_ingress"].update(keys, vals, len(vals))
+            self._ingress_keys[s] = (keys, len(vals))
         # 4. per-rule actions, wan table, zeroed hit counters
-        n = c.nrules
-        acts = array("I")
-        for action in c.actions:                 # steerd.abi.RlRule: wan, fb_kind, fb_wan, prio
-            acts.extend(action)
-        m["rl_rules"].update(_keys(s * lim.max_rules, n), acts, n)
+        n = img.installed.nrules
+        m["rl_rules"].update(_keys(s * self.limits.max_rules, n), img.actions, n)
         self._wans_written[s] = {}
-        self._write_wans(s, c, site_wans)
+        self._write_wans(s, img.installed, site_wans)
         zeros = bytearray(8 * self.ncpus * n)
-        m["rl_hits"].update(_keys(s * lim.max_rules, n), zeros, n)
+        m["rl_hits"].update(_keys(s * self.limits.max_rules, n), zeros, n)
 
     # ------------------------------------------------------------------ reading
 
-    def _read_hits(self, s: int, c: CompiledRules) -> dict[str, int]:
+    def _read_hits(self, s: int, c: Installed) -> dict[str, int]:
         n = c.nrules
         if n == 0:
             return {}

@@ -105,14 +105,15 @@ class FakeRuleMaps:
     def __init__(self, limits=None):
         from steerd.rules import Limits
         self.limits = limits or Limits()
-        self.compiled = None
+        self.installed = None
         self.generation = 0
         self.wan_tunnels: dict[int, dict[str, int | None]] = {}   # site id -> wan -> tunnel
 
-    def apply(self, compiled, wan_tunnels=None, sites=None) -> None:
-        if compiled.limits != self.limits:
-            raise ValueError(f"rules compiled for {compiled.limits}, maps are {self.limits}")
-        self.compiled = compiled
+    def apply(self, rules, wan_tunnels=None, sites=None) -> None:
+        from steerd.rules.image import RuleImage, image_of
+        if rules.limits != self.limits:
+            raise ValueError(f"rules compiled for {rules.limits}, maps are {self.limits}")
+        self.installed = (rules if isinstance(rules, RuleImage) else image_of(rules)).installed
         self.wan_tunnels = {k: dict(v) for k, v in sites.items()} if sites is not None \
             else {0: dict(wan_tunnels or {})}
         self.generation += 1

@@ -2,12 +2,17 @@
 the event loop. The daemon runs on the fake data path."""
 from __future__ import annotations
 
+import asyncio
+import sys
+
 from steerd import daemon as daemon_mod
+from steerd import stager
+from steerd.config import parse_config
 from steerd.daemon import Daemon
-from steerd.rules import parse
+from steerd.rules import Limits, parse, parse_rules
 from steerd.testing.fake_dataplane import FakeDataplane
 
-from test_reliability import base_config, rules_text, write
+from test_reliability import base_config, rules_text, running, write
 
 
 def test_start_reads_the_rules_file_once(tmp_path, monkeypatch):
@@ -31,4 +36,68 @@ def test_start_reads_the_rules_file_once(tmp_path, monkeypatch):
     assert reads == [str(rules)]
     d = started[0]
     assert [r.name for r in d.ruleset.rules] == [f"r{i}" for i in range(50)]
-    assert d.rulemaps.compiled.nrules == 50
+    assert d.rulemaps.installed.nrules == 50
+
+
+def _rules_bad_wan(n: int) -> str:
+    return rules_text(n).replace("wan: wan1}", "wan: wan9}", 1)
+
+
+def test_apply_and_reload_through_the_child_all_or_nothing(tmp_path, monkeypatch):
+    """Every request staged by a child process (threshold 0): applies, diffs
+    against the running rules, a rejected file and a child that dies change
+    nothing, a reload installs its rules file."""
+    monkeypatch.setattr(stager, "CHILD_MIN_BYTES", 0)
+    children: list[str] = []
+    real = stager._in_child
+
+    async def counted(req, timeout):
+        children.append(req["op"])
+        return await real(req, timeout)
+    monkeypatch.setattr(stager, "_in_child", counted)
+
+    raw = base_config(tmp_path)
+
+    async def scenario():
+        async with running(tmp_path, raw) as d:
+            r = await d.rules_apply(rules_text(30), "a.yaml", dry_run=False)
+            assert r["ok"] and r["diff"]["added"] == [f"r{i}" for i in range(30)]
+            r = await d.rules_apply(rules_text(40), "b.yaml", dry_run=False)
+            assert r["ok"] and r["diff"]["added"] == [f"r{i}" for i in range(30, 40)], r["diff"]
+            assert not r["diff"]["changed"] and not r["diff"]["removed"]
+            gen = d.rulemaps.generation
+            assert len(d.ruleset.rules) == 40 and d.rulemaps.installed.nrules == 40
+
+            r = await d.rules_apply(_rules_bad_wan(5), "c.yaml", dry_run=False)
+            assert not r["ok"] and r["problems"][0]["line"] == 2, r
+            assert "wan9" in r["text"] and "c.yaml" in r["text"]
+            monkeypatch.setattr(stager, "CHILD", (sys.executable, "-c", "import sys; sys.exit(3)"))
+            r = await d.rules_apply(rules_text(3), "d.yaml", dry_run=False)
+            assert not r["ok"] and "nothing changed" in r["error"] and "exited with 3" in r["error"]
+            assert len(d.ruleset.rules) == 40 and d.rulemaps.generation == gen
+            assert d.ruleset.path == "b.yaml"
+
+            monkeypatch.setattr(stager, "CHILD", (sys.executable, "-m", "steerd.stager"))
+            (tmp_path / "rules.yaml").write_text(rules_text(7))
+            write(tmp_path, dict(raw, rules_file=str(tmp_path / "rules.yaml")))
+            r = await d.reload()
+            assert r["ok"], r
+            assert [x.name for x in d.ruleset.rules] == [f"r{i}" for i in range(7)]
+            assert d.rulemaps.installed.names == tuple(f"r{i}" for i in range(7))
+    asyncio.run(scenario())
+    assert children == ["rules", "rules", "rules", "rules", "config"]
+
+
+def test_the_child_stages_what_a_thread_stages(tmp_path):
+    """Same request, same answer: the image, the rules and the diff text."""
+    path = write(tmp_path, base_config(tmp_path))
+    cfg = parse_config(open(path).read(), path)
+    old = stager.pack_rules(parse_rules(rules_text(20), "old.yaml").rules)
+    req = {"op": "rules", "text": rules_text(25), "path": "new.yaml", "cfg": cfg,
+           "limits": Limits(), "old": old}
+    ok, (staged, d) = stager._outcome(req)
+    ok2, (staged2, d2) = asyncio.run(stager._in_child(req, 60))
+    assert ok and ok2
+    assert staged.image == staged2.image and staged.nrules == staged2.nrules == 25
+    assert stager._unpack_now(staged.rules, "x") == stager._unpack_now(staged2.rules, "x")
+    assert d == d2 and d.added == 5

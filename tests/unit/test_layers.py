@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure core", ("config", "ipsec", "health", "silence", "sla", "schedule", "selection",
                    "rules", "controller", "status")),
     ("kernel adapters", ("dataplane", "probe", "xfrm", "sdnotify")),
-    ("daemon", ("staging", "control", "metrics", "hooks", "drain", "daemon")),
+    ("daemon", ("staging", "stager", "control", "metrics", "hooks", "drain", "daemon")),
     ("front end", ("cli",)),
     ("tools", ("lab", "testing")),
 ]

@@ -1,0 +1,194 @@
+"""Staging in a short-lived child process: the daemon's probe loop keeps its GIL.
+
+Parsing, validating and compiling 10,000 rules is ~0.6 s of pure Python. In a
+worker thread of the daemon it holds the GIL the probe loop needs (a thread
+cannot yield often enough: every 5 ms switch costs the loop up to 5 ms, and
+the garbage collector's full passes over the new objects hold it for 0.1 s and
+more). So the daemon runs steerd.staging's functions in a fresh interpreter
+(``python -m steerd.stager``) that reads one request (a pickle on stdin),
+answers on stdout and exits, taking its memory with it. Small inputs (under
+CHILD_MIN_BYTES) are staged the same way in a worker thread: there the
+child's start would cost more than the GIL it saves.
+
+What comes back is built to be cheap for the daemon to take in: the compiled
+tables as a flat RuleImage (bytes in the maps' layout) and the rules as
+pickles of RULES_PER_CHUNK rules each, which the daemon unpickles one chunk
+per turn of its loop (:func:`unpack_rules`). The same pickles go back into the
+next request: the child diffs against the running rules without the daemon
+pickling anything.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from . import staging
+from .config import SiteConfig
+from .rules import Limits, Rule, RuleSet, diff
+from .rules.image import RuleImage, image_of
+from .yamlsrc import ValidationError
+
+#: Rules per pickle: unpickling one chunk takes ~1 ms of the daemon's loop.
+RULES_PER_CHUNK = 250
+#: Inputs smaller than this are staged in a worker thread instead: a child costs
+#: ~0.1 s to start, and 64 KiB of rules (~400) take ~30 ms of Python, which the
+#: thread gives up every 5 ms (sys.getswitchinterval) like any other thread.
+CHILD_MIN_BYTES = 64 * 1024
+#: The child: this interpreter, this package.
+CHILD = (sys.executable, "-m", "steerd.stager")
+#: A child that has not answered by then is killed and the request fails.
+TIMEOUT_S = 300.0
+
+RulesPickle = list[bytes]
+
+
+@dataclass(frozen=True)
+class StagedRules:
+    """A rules file parsed, validated and compiled (by the child)."""
+
+    path: str
+    rules: RulesPickle          # the RuleSet's rules, RULES_PER_CHUNK per pickle
+    nrules: int
+    image: RuleImage
+
+
+@dataclass(frozen=True)
+class DiffText:
+    """`rules apply`'s diff, rendered by the child: (as_dict, text, counts)."""
+
+    as_dict: dict[str, Any]
+    text: str
+    added: int
+    removed: int
+    changed: int
+
+
+class StagingFailed(RuntimeError):
+    """The child died or did not answer: nothing was staged."""
+
+
+def pack_rules(rules: tuple[Rule, ...]) -> RulesPickle:
+    return [pickle.dumps(rules[i:i + RULES_PER_CHUNK], protocol=5)
+            for i in range(0, len(rules), RULES_PER_CHUNK)]
+
+
+async def unpack_rules(chunks: RulesPickle, path: str) -> RuleSet:
+    """The RuleSet of *chunks*, one chunk per turn of the running loop."""
+    rules: list[Rule] = []
+    for chunk in chunks:
+        rules.extend(pickle.loads(chunk))
+        await asyncio.sleep(0)
+    return RuleSet(tuple(rules), path)
+
+
+def _unpack_now(chunks: RulesPickle | None, path: str) -> RuleSet:
+    rules: list[Rule] = []
+    for chunk in chunks or ():
+        rules.extend(pickle.loads(chunk))
+    return RuleSet(tuple(rules), path)
+
+
+# ---------------------------------------------------------------- daemon side
+
+def _input_bytes(req: dict[str, Any]) -> int:
+    if req["op"] == "rules":
+        return len(req["text"])
+    total = 0
+    for path in (req["path"], req["running"].rules_file):   # the new config names its own
+        try:                                                # rules file: a guess that
+            total += os.stat(path).st_size if path else 0   # holds unless it moves
+        except OSError:
+            pass
+    return total
+
+
+async def _run(request: dict[str, Any], timeout: float = TIMEOUT_S) -> Any:
+    if _input_bytes(request) < CHILD_MIN_BYTES:
+        ok, value = await asyncio.to_thread(_outcome, request)
+    else:
+        ok, value = await _in_child(request, timeout)
+    if not ok:
+        raise ValidationError(value)
+    return value
+
+
+async def _in_child(request: dict[str, Any], timeout: float) -> tuple[bool, Any]:
+    proc = await asyncio.create_subprocess_exec(*CHILD, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(pickle.dumps(request, protocol=5)),
+                                        timeout)
+    except BaseException:       # a timeout, or the daemon stopping meanwhile
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if proc.returncode != 0 or not out:
+        raise StagingFailed(f"staging child exited with {proc.returncode} without an answer "
+                            "(its error is in the daemon's log)")
+    return pickle.loads(out)
+
+
+async def stage_rules(text: str, path: str, cfg: SiteConfig, limits: Limits,
+                      old: RulesPickle | None) -> tuple[StagedRules, DiffText]:
+    """`rules apply`: the new rules staged, and the diff against *old* (the running
+    rules as packed). Raises ValidationError (nothing staged) or StagingFailed."""
+    return await _run({"op": "rules", "text": text, "path": path, "cfg": cfg, "limits": limits,
+                       "old": old})
+
+
+async def stage_config(path: str, running: SiteConfig, limits: Limits
+                       ) -> tuple[SiteConfig, StagedRules | None]:
+    """A reload: the config at *path* and its rules file staged (None: no rules_file)."""
+    return await _run({"op": "config", "path": path, "running": running, "limits": limits})
+
+
+# ---------------------------------------------------------------- child side
+
+def _staged(ruleset: RuleSet, cfg: SiteConfig, limits: Limits) -> StagedRules:
+    image = image_of(staging.compile_for(ruleset, cfg, limits))
+    return StagedRules(ruleset.path, pack_rules(ruleset.rules), len(ruleset.rules), image)
+
+
+def _answer(req: dict[str, Any]) -> Any:
+    if req["op"] == "rules":
+        new = staging.parse_rules_for(req["text"], req["path"], req["cfg"])
+        staged = _staged(new, req["cfg"], req["limits"])
+        d = diff(_unpack_now(req["old"], req["path"]), new)
+        return staged, DiffText(d.as_dict(), d.render(), len(d.added), len(d.removed),
+                                len(d.changed))
+    if req["op"] == "config":
+        st = staging.stage_config(req["path"], req["running"], req["limits"])
+        if st.ruleset is None or st.compiled is None:
+            return st.cfg, None
+        return st.cfg, StagedRules(st.ruleset.path, pack_rules(st.ruleset.rules),
+                                   len(st.ruleset.rules), image_of(st.compiled))
+    raise ValueError(f"unknown staging request {req['op']!r}")
+
+
+def _outcome(req: dict[str, Any]) -> tuple[bool, Any]:
+    """(True, the answer) or (False, the validation problems)."""
+    try:
+        return True, _answer(req)
+    except ValidationError as exc:
+        return False, exc.problems
+
+
+def main() -> None:
+    """The child: one request from stdin, its outcome to stdout; anything else
+    is a crash (exit 1, the traceback on stderr: the daemon's log)."""
+    gc.disable()         # ~10^6 objects, all alive until the answer is written; then exit
+    req = pickle.load(sys.stdin.buffer)
+    sys.stdout.buffer.write(pickle.dumps(_outcome(req), protocol=5))
+    sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    # run as steerd.stager, not __main__: the answer's classes unpickle by that name
+    from steerd.stager import main as child_main
+    child_main()
