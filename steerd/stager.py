@@ -39,8 +39,9 @@ RULES_PER_CHUNK = 250
 #: ~0.1 s to start, and 64 KiB of rules (~400) take ~30 ms of Python, which the
 #: thread gives up every 5 ms (sys.getswitchinterval) like any other thread.
 CHILD_MIN_BYTES = 64 * 1024
-#: The child: this interpreter, this package.
+#: The child: this interpreter, this package; at this much lower priority.
 CHILD = (sys.executable, "-m", "steerd.stager")
+CHILD_NICE = 5
 #: A child that has not answered by then is killed and the request fails.
 TIMEOUT_S = 300.0
 
@@ -183,6 +184,8 @@ def main() -> None:
     """The child: one request from stdin, its outcome to stdout; anything else
     is a crash (exit 1, the traceback on stderr: the daemon's log)."""
     gc.disable()         # ~10^6 objects, all alive until the answer is written; then exit
+    # on a busy host the daemon's loop (15 ms confirmation probes) comes first
+    os.nice(CHILD_NICE)
     req = pickle.load(sys.stdin.buffer)
     sys.stdout.buffer.write(pickle.dumps(_outcome(req), protocol=5))
     sys.stdout.buffer.flush()
