@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import yaml
 
 from .schema import (BAD, Checker, Conv, Field, Network, abspath, any_address, build, choice,
-                     claim, duration, integer, join, network, section)
+                     claim, did_you_mean, duration, integer, join, network, section)
 from .units import format_duration
 from .yamlsrc import Node, Problem, ValidationError
 
@@ -152,7 +152,8 @@ def _identity(ck: Checker, n: Node, key: str) -> Any:
                        "one identifier as {TYPE: VALUE}, TYPE one of ipv4, fqdn, email, key_id")
     (id_type, vn), = n.value.items()
     if id_type not in ID_TYPES:
-        return ck.fail(vn, key, id_type, "an identifier type: ipv4, fqdn, email or key_id")
+        return ck.fail(vn, key, id_type, "an identifier type: ipv4, fqdn, email or key_id"
+                       + did_you_mean(id_type, ID_TYPES))
     if id_type == "ipv4":
         value = any_address(4, _ID_EXPECTED["ipv4"])(ck, vn, f"{key}.ipv4")
         return BAD if value is BAD else Identity(id_type, value)

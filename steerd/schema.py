@@ -118,9 +118,13 @@ def unknown_key(ck: Checker, node: Node, sub: str, name: str, known: Iterable[st
         ck.fail(node, sub, name, instead)
         return
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    ck.fail(node, sub, name, f"one of the keys {', '.join(known)}{hint}")
+    ck.fail(node, sub, name, f"one of the keys {', '.join(known)}{did_you_mean(name, known)}")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" with the closest of *known*, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def build(cls: Callable[..., T], values: dict[str, Any] | None, **extra: Any) -> T:

@@ -10,7 +10,7 @@ from steerd.config import sla_limits
 from steerd.rules.model import (DSCP_NAMES, MATCH_KEYS, MAX_RULES, NAME_RE, PORT_PROTOS,
                                 PROTO_NAMES, RULE_KEYS, Match, Network, Rule, RuleSet)
 from steerd.sla import LIMIT_KEYS, SlaLimits
-from steerd.schema import BAD, Checker, missing, parse_network, unknown_key
+from steerd.schema import BAD, Checker, did_you_mean, missing, parse_network, unknown_key
 from steerd.units import parse_percent
 from steerd.yamlsrc import Node, Problem, ValidationError, gc_paused, load_yaml, read_text
 
@@ -22,6 +22,14 @@ def _as_list(node: Node) -> list[Node]:
     if node.value is None:
         return []
     return [node]
+
+
+def _hint(value: object, known: Iterable[str], lower: bool = False) -> str:
+    """A mistyped name's "did you mean" (only ever computed for a bad value);
+    *lower*: the names are case-insensitive (protocols, DSCP)."""
+    if not isinstance(value, str):
+        return ""
+    return did_you_mean(value.strip().lower() if lower else value.strip(), known)
 
 
 def _item_key(key: str, node: Node, i: int) -> str:
@@ -68,7 +76,8 @@ def _parse_proto(ctx: Checker, node: Node, key: str) -> frozenset[int] | None:
         elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
             out.add(v)
         else:
-            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(),
+                     expected + _hint(v, [*PROTO_NAMES, "any"], lower=True))
     if any_ or not items:
         return None
     return frozenset(out)
@@ -108,7 +117,7 @@ def _parse_dscp(ctx: Checker, node: Node, key: str) -> frozenset[int] | None:
         elif isinstance(v, str) and v.strip().lower() in DSCP_NAMES:
             out.add(DSCP_NAMES[v.strip().lower()])
         else:
-            ctx.fail(item, _item_key(key, node, i), item.plain(), expected)
+            ctx.fail(item, _item_key(key, node, i), item.plain(), expected + _hint(v, DSCP_NAMES, lower=True))
     return frozenset(out) if items else None
 
 
@@ -190,7 +199,7 @@ def _parse_wans(ctx: Checker, node: Node | None, parent: Node, key: str,
         v = item.value
         if item.tag != "scalar" or not isinstance(v, str) or not v or \
                 (wans is not None and v not in wans):
-            ctx.fail(item, k, item.plain(), _wan_expected(wans))
+            ctx.fail(item, k, item.plain(), _wan_expected(wans) + _hint(v, wans or ()))
         elif v in out:
             ctx.fail(item, k, v, "each wan role once in the list")
         else:
@@ -212,7 +221,7 @@ def _parse_sla(ctx: Checker, node: Node, key: str,
             (classes is not None and v not in classes):
         if classes is not None and not classes and isinstance(v, str):
             expected += "; the config defines no sla_classes"
-        ctx.fail(node, key, node.plain(), expected)
+        ctx.fail(node, key, node.plain(), expected + _hint(v, classes or ()))
         return None
     return v
 
@@ -278,7 +287,7 @@ def _parse_sites(ctx: Checker, r: dict[str, Node], key: str, listed: list[str], 
         sub = f"{key}.site[{i}]" if node.tag == "seq" else f"{key}.site"
         v = item.value
         if not isinstance(v, str) or (sites is not None and v not in sites):
-            ctx.fail(item, sub, item.plain(), known)
+            ctx.fail(item, sub, item.plain(), known + _hint(v, sites or ()))
             continue
         names.append(v)
         if sites is None:

@@ -434,6 +434,8 @@ def test_valid_section_has_no_problems():
     ("ipsec:\n  local_id: {fqdn: a.example}\n  secrets_file: relative.yaml\n",
      "ipsec.secrets_file", "absolute file path"),
     ("ipsec:\n  local_id: {dn: CN=x}\n  secrets_file: /s\n", "ipsec.local_id", "identifier type"),
+    ("ipsec:\n  local_id: {fdqn: a.example}\n  secrets_file: /s\n", "ipsec.local_id",
+     "identifier type: ipv4, fqdn, email or key_id (did you mean 'fqdn'?)"),
     ("ipsec:\n  local_id: {ipv4: 300.1.1.1}\n  secrets_file: /s\n", "ipsec.local_id.ipv4", "IPv4"),
     ("ipsec:\n  local_id: {fqdn: 'bad name'}\n  secrets_file: /s\n", "ipsec.local_id.fqdn", "domain"),
     ("ipsec:\n  local_id: {email: nobody}\n  secrets_file: /s\n", "ipsec.local_id.email", "email"),

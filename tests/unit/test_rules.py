@@ -100,6 +100,22 @@ def test_slow_path_gives_line_numbers_on_error():
     assert p.key == "rules[1].wan" and p.line == text.splitlines().index('      "wan": "nope"') + 1
 
 
+@pytest.mark.parametrize("text,key,hint", [
+    ("rules: [{name: a, wan: wan22}]", "rules[0].wan", "(did you mean 'wan2'?)"),
+    ("rules: [{name: a, wan: wan1, match: {proto: TCPP}}]", "rules[0].match.proto", "(did you mean 'tcp'?)"),
+    ("rules: [{name: a, wan: wan1, match: {dscp: EFF}}]", "rules[0].match.dscp", "(did you mean 'ef'?)"),
+    ("rules: [{name: a, wan: wan1, mach: {dscp: ef}}]", "rules[0].mach", "(did you mean 'match'?)"),
+    ("rules: [{name: a, wan: wan1, match: {dst_prot: 80}}]", "rules[0].match.dst_prot",
+     "(did you mean 'dst_port'?)"),
+])
+def test_a_mistyped_name_gets_a_did_you_mean(text, key, hint):
+    """As in the config (the one validation kit): the closest name is suggested."""
+    with pytest.raises(ValidationError) as exc:
+        parse(text)
+    (p,) = exc.value.problems
+    assert p.key == key and p.expected.endswith(hint), p
+
+
 def test_dscp_names():
     assert DSCP_NAMES["ef"] == 46 and DSCP_NAMES["le"] == 1 and DSCP_NAMES["cs0"] == 0
     assert DSCP_NAMES["cs7"] == 56 and DSCP_NAMES["af11"] == 10 and DSCP_NAMES["af43"] == 38
