@@ -102,3 +102,14 @@ def matching_packet(ruleset, index: int) -> bytes:
     dscp = min(m.dscp) if m.dscp else 0
     ipaddress.ip_address(dst)
     return build_packet(src, dst, proto, sport, dport, dscp)
+
+
+def adversarial_yaml(n: int) -> str:
+    """Anti-correlated src/dst: even rules 10.1/16 -> 30/8, odd rules 10.2/16 -> 40/8.
+    A packet 10.1.x -> 40.x has src candidates in every block and dst candidates
+    in every block but no rule matching both: the search visits every block."""
+    lines = ["rules:"]
+    for i in range(n):
+        src, dst = ("10.1.0.0/16", "30.0.0.0/8") if i % 2 == 0 else ("10.2.0.0/16", "40.0.0.0/8")
+        lines.append(f"  - {{name: a{i}, wan: wan1, match: {{src: {src}, dst: {dst}}}}}")
+    return "\n".join(lines) + "\n"
