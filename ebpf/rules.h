@@ -454,6 +454,19 @@ static __always_inline void rl_decide(const struct pkt *p, u32 ifindex, u32 site
     v->kind = RV_SPREAD;
 }
 
+/* Whether the active set has any rule: with none (the common case) the
+ * classifier skips the matcher's scratch and verdict copies altogether. */
+static __always_inline int rules_in_force(void)
+{
+    u32 zero = 0;
+    u32 *act = rl_active.lookup(&zero);
+    if (!act)
+        return 0;
+    u32 set = *act & 1;
+    struct rl_cfg *cfg = rl_cfg.lookup(&set);
+    return cfg && cfg->nrules != 0;
+}
+
 /* Scratch for the verdict: see rules_decide. */
 BPF_PERCPU_ARRAY(rl_scratch, struct rule_verdict, 1);
 

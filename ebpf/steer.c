@@ -7,8 +7,9 @@
  *      one trie whose value is the site id); outside all ranges -> untouched
  *   2. network rules (rules.h, evaluated per packet so a rule change or a
  *      pinned tunnel going down takes effect on the next packet)
- *   3. flow affinity: a live flow keeps the tunnel it started on while that
- *      tunnel is up and its slot was not reassigned (slot version unchanged)
+ *   3. flow affinity (flowtab.h): a live flow keeps the tunnel it started on
+ *      while that tunnel is up and its slot was not reassigned (slot version
+ *      unchanged)
  *   4. slot table: hash(5-tuple) -> slot -> tunnel, filled by the daemon in
  *      proportion to the weights; one table of nslots per site, all in one
  *      array at site * nslots, so the cost is the same for 1 or 1,000 sites
@@ -52,31 +53,13 @@ struct counters {
 struct lpm4 { u32 prefixlen; u32 addr; };
 struct lpm6 { u32 prefixlen; u32 addr[4]; };
 
-struct flow_key {
-    u32 src[4];
-    u32 dst[4];
-    u16 sport;
-    u16 dport;
-    u8 proto;
-    u8 family;
-    u16 pad;
-};
-
-struct flow_val {
-    u32 tunnel;
-    u32 ver;             /* slot version when the flow was placed */
-    u64 last_ns;
-    u32 slot;            /* lets the daemon count live flows per slot */
-    u32 pad;
-};
-
 #define PIN(name) PIN_DIR "/" #name
+#include "flowtab.h"
 
 BPF_TABLE_PINNED("array", u32, struct steer_cfg, steer_cfg, 1, PIN(steer_cfg));
 BPF_TABLE_PINNED("array", u32, struct tunnel_info, tunnels, MAX_TUNNELS, PIN(tunnels));
 BPF_TABLE_PINNED("array", u32, struct slot, slots, MAX_SLOTS * MAX_SITES, PIN(slots));
 BPF_TABLE_PINNED("percpu_array", u32, struct counters, tstats, MAX_TUNNELS, PIN(tstats));
-BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_val, flows, FLOW_TABLE_SIZE, PIN(flows));
 /* destination -> site id (the site's row in slots and rl_wan) */
 BPF_TABLE_PINNED("lpm_trie", struct lpm4, u32, dst_site4, MAX_RANGES, PIN(dst_site4), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lpm_trie", struct lpm6, u32, dst_site6, MAX_RANGES, PIN(dst_site6), BPF_F_NO_PREALLOC);
@@ -88,11 +71,12 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, misc, 4, PIN(misc));
 #endif
 #include "dup.h"
 
-/* The parsed packet, from the rules on. In a map value, not on the stack:
+/* The parsed packet. Parsed straight into a map value, not onto the stack:
  * the verifier knows nothing of a value read from a map, so the rule search
  * is verified once instead of once per parse path (IPv4/IPv6, with or
  * without ports...), whose known field values on the stack would keep their
- * states apart. Kernel 6.1 gave up at 1M instructions; now 0.10M (6.18: 0.20M). */
+ * states apart (kernel 6.1 gave up at 1M instructions). Parsing into it
+ * directly spares the copy from the stack that this used to cost. */
 BPF_PERCPU_ARRAY(pkt_scratch, struct pkt, 1);
 
 static __always_inline void bump_misc(u32 i)
@@ -150,46 +134,42 @@ static __always_inline struct slot *pick_slot(u32 h, u32 nslots, u32 base, u32 *
 
 static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *cfg, u32 site)
 {
-    struct flow_key fk = {};
-    u64 now = bpf_ktime_get_ns();
+    struct flow_key fk;
     u32 nslots = cfg->nslots;
     if (nslots == 0 || nslots > MAX_SLOTS)
         return NO_TUNNEL;
 
-    u32 h = flow_hash(p);
+    fk.hash = flow_hash2(p, &fk.hash2);
     u32 sidx = 0;
-    struct slot *sl = pick_slot(h, nslots, site * nslots, &sidx);
+    struct slot *sl = pick_slot(fk.hash, nslots, site * nslots, &sidx);
     if (!sl)
         return NO_TUNNEL;
 
-    __builtin_memcpy(fk.src, p->src, 16);
-    __builtin_memcpy(fk.dst, p->dst, 16);
-    fk.sport = p->sport;
-    fk.dport = p->dport;
-    fk.proto = p->proto;
-    fk.family = p->family;
-
-    struct flow_val *fv = flows.lookup(&fk);
-    if (fv && fv->ver == sl->ver && now - fv->last_ns < cfg->flow_idle_ns &&
+    u64 now = now_ns();
+    struct flow_val *fv = flowtab.lookup(&fk);
+    if (fv && fv->ver == sl->ver && flow_age(fv, now) < (s64)cfg->flow_idle_ns &&
         tunnel_up(fv->tunnel)) {
         /* refresh at most every ~second: a write per packet costs cache lines */
-        if (now - fv->last_ns > 1000000000ull)
+        if (flow_age(fv, now) > 1000000000ll)
             fv->last_ns = now;
         return fv->tunnel;
     }
     struct flow_val nv = { .tunnel = sl->tunnel, .ver = sl->ver, .last_ns = now, .slot = sidx };
-    flows.update(&fk, &nv);
+    flowtab.update(&fk, &nv);
     return sl->tunnel;
 }
 
 int steer(struct __sk_buff *skb)
 {
-    struct pkt p = {};
     u32 zero = 0;
+    struct pkt *p = pkt_scratch.lookup(&zero);
 
-    if (parse_pkt(skb, &p) < 0)
+    if (!p)
         return TC_ACT_OK;
-    u32 site = dst_site(&p);
+    __builtin_memset(p, 0, sizeof(*p));
+    if (parse_pkt(skb, p) < 0)
+        return TC_ACT_OK;
+    u32 site = dst_site(p);
     if (site == NO_SITE) {
         bump_misc(0);
         return TC_ACT_OK;
@@ -197,24 +177,22 @@ int steer(struct __sk_buff *skb)
     struct steer_cfg *cfg = steer_cfg.lookup(&zero);
     if (!cfg)
         return TC_ACT_OK;
-    struct pkt *pm = pkt_scratch.lookup(&zero);
-    if (!pm)
-        return TC_ACT_OK;
-    *pm = p;
 
     u32 t = NO_TUNNEL;
 #ifdef WITH_RULES
-    struct rule_verdict v = {};
-    rules_decide(pm, skb->ingress_ifindex, site, &v);
-    if (v.kind == RV_DROP) {
-        bump_misc(2);
-        return TC_ACT_SHOT;
+    if (rules_in_force()) {
+        struct rule_verdict v = {};
+        rules_decide(p, skb->ingress_ifindex, site, &v);
+        if (v.kind == RV_DROP) {
+            bump_misc(2);
+            return TC_ACT_SHOT;
+        }
+        if (v.kind == RV_TUNNEL)   /* a duplicated rule's entry: see dup.h */
+            t = v.tunnel & DUP_FLAG ? dup_tag(skb, v.tunnel) : v.tunnel;
     }
-    if (v.kind == RV_TUNNEL)   /* a duplicated rule's entry: see dup.h */
-        t = v.tunnel & DUP_FLAG ? dup_tag(skb, v.tunnel) : v.tunnel;
 #endif
     if (t == NO_TUNNEL)
-        t = spread(pm, cfg, site);
+        t = spread(p, cfg, site);
 
     struct tunnel_info *ti = tunnels.lookup(&t);
     if (!ti || ti->mark == 0) {
@@ -226,7 +204,7 @@ int steer(struct __sk_buff *skb)
     struct counters *c = tstats.lookup(&t);
     if (c) {
         c->packets++;
-        c->bytes += pm->len;
+        c->bytes += p->len;
     }
     return TC_ACT_OK;
 }

@@ -509,7 +509,7 @@ class KernelDataplane:
     def _live_flows(self):
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         idle = int(self.layout.flow_idle_timeout * 1e9)
-        for _, v in self.prog.table("flows").items_lookup_batch():
+        for _, v in self.prog.table("flowtab").items_lookup_batch():
             if now_ns - v.last_ns < idle:
                 yield v
 

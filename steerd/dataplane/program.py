@@ -6,6 +6,7 @@ pinned map of the same name instead of creating a new one).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 import re
@@ -17,6 +18,12 @@ from .sources import ebpf_dir, inline_includes
 
 #: hub mode: tunnel id = site id x 6 + position in the site (3 tunnels per HA role)
 TUNNELS_PER_SITE = 6
+
+#: Pins of maps an older steerd had and this one replaced (a pinned map keeps its
+#: key and value sizes, so a changed layout gets a new name): removed at start
+#: and by --cleanup. "flows": the flow table keyed by 5-tuple (now flowtab).
+RETIRED_PINS = frozenset({"flows"})
+
 
 def tunnel_ids(max_sites: int) -> int:
     """Entries of the per-tunnel maps (usable flags, marks, counters)."""
@@ -81,6 +88,7 @@ class Classifier:
         from bcc import BPF  # imported late: unit tests and steerctl never need bcc
 
         ensure_bpffs(params.pin_dir)
+        _remove_retired(params.pin_dir)
         self.params = params
         from .rulemaps import rules_cflags
         self.with_rules = (ebpf_dir() / "rules.h").exists()
@@ -114,9 +122,18 @@ def _release_compiler_heap() -> None:
         pass
 
 
+def _remove_retired(pin_dir: str) -> None:
+    """Unpin maps of an older layout: a running older program keeps its map
+    until the new one replaces it on the interface."""
+    for name in RETIRED_PINS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(pin_dir, name))
+
+
 def pinned_names() -> set[str]:
-    """The names steerd's programs pin (every PIN(name) in the C sources)."""
-    names: set[str] = set()
+    """The names steerd's programs pin (every PIN(name) in the C sources),
+    and those older versions pinned (RETIRED_PINS)."""
+    names: set[str] = set(RETIRED_PINS)
     for src in sorted(ebpf_dir().glob("*.[ch]")):
         names.update(re.findall(r"\bPIN\((\w+)\)", src.read_text()))
     return names - {"name"}       # the macro's own definition

@@ -562,7 +562,7 @@ def test_remove_pins_removes_only_steerds_own(tmp_path):
     (d / "someone_elses_map").unlink()
     (d / "tunnels").write_text("")
     assert remove_pins(str(d)) == ["tunnels"] and not d.exists()
-    assert {"slots", "flows", "tunnels", "steer_cfg"} <= pinned_names()
+    assert {"slots", "flowtab", "flows", "tunnels", "steer_cfg"} <= pinned_names()
 
 
 def test_events_file_is_rotated(tmp_path):
@@ -603,3 +603,15 @@ def test_a_missing_rules_file_is_reported_and_a_reload_keeps_the_rules(tmp_path)
             assert d.ruleset is None
             assert any("absent.yaml" in e.reason for e in d.events.events)
     asyncio.run(start())
+
+
+def test_retired_pins_are_removed_at_start_and_by_cleanup(tmp_path):
+    """A pin of an older map layout (RETIRED_PINS) cannot be adopted by the
+    new program: it goes at start and with --cleanup; other pins stay."""
+    from steerd.dataplane.program import RETIRED_PINS, _remove_retired, remove_pins
+    for name in (*RETIRED_PINS, "slots", "someone_elses_map"):
+        (tmp_path / name).write_text("")
+    _remove_retired(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["slots", "someone_elses_map"]
+    (tmp_path / "flows").write_text("")
+    assert sorted(remove_pins(str(tmp_path))) == ["flows", "slots"]
