@@ -26,13 +26,17 @@ class SteerdProcess:
     installed console script, say) instead of this interpreter's."""
 
     def __init__(self, lab: Lab, config_path: str, extra_args: tuple[str, ...] = (),
-                 log_path: str | None = None, command: tuple[str, ...] = STEERD):
+                 log_path: str | None = None, command: tuple[str, ...] = STEERD,
+                 ready_timeout: float | None = None):
         self.lab, self.config_path, self.command = lab, config_path, command
         self.log_path = log_path or os.path.join(lab.run_dir, "steerd.log")
         self.log = open(self.log_path, "ab")
         self.proc = ns_popen(lab.gw, [*command, "--config", config_path, *extra_args],
                              stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        if ready_timeout is None:
+            self._wait_ready()      # the class's own default (a subclass may set a longer one)
+        else:
+            self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -37,8 +37,10 @@ def flow_targets(dst: str, flows: int) -> list[tuple[int, str]]:
             for i in range(flows)]
 
 
-def send(dst: str, port: int, flows: int, duration: float, pps: float, first_flow: int = 0) -> int:
-    """Send round-robin over the flows for *duration* seconds at ~*pps*. Returns packets sent."""
+def send(dst: str, port: int, flows: int, duration: float, pps: float, first_flow: int = 0,
+         clock: list[float] | None = None) -> int:
+    """Send round-robin over the flows for *duration* seconds at ~*pps*. Returns
+    packets sent; *clock* (if given) gets the seconds from the first to the last."""
     fam = socket.AF_INET6 if ipaddress.ip_network(dst).version == 6 else socket.AF_INET
     socks = [socket.socket(fam, socket.SOCK_DGRAM) for _ in range(SOCKETS)]
     targets = flow_targets(dst, flows)
@@ -56,7 +58,9 @@ def send(dst: str, port: int, flows: int, duration: float, pps: float, first_flo
                 ahead = start + sent * gap - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-        if time.monotonic() - start >= duration:
+        if (now := time.monotonic()) - start >= duration:
+            if clock is not None:
+                clock.append(now - start)
             return sent
 
 
@@ -159,6 +163,8 @@ def main() -> None:
     s.add_argument("--duration", type=float, default=3.0)
     s.add_argument("--pps", type=float, default=20000)
     s.add_argument("--first-flow", type=int, default=0)
+    s.add_argument("--timed", action="store_true",
+                   help="print the seconds from first to last packet after the count")
     u = sub.add_parser("up")
     u.add_argument("--dev", required=True)
     u.add_argument("--dst", required=True)
@@ -173,7 +179,9 @@ def main() -> None:
         print(send_up(a.dev, a.dst, a.pps, a.duration, a.on, a.off))
         return
     if a.cmd == "send":
-        print(send(a.dst, a.port, a.flows, a.duration, a.pps, a.first_flow))
+        clock: list[float] = []
+        sent = send(a.dst, a.port, a.flows, a.duration, a.pps, a.first_flow, clock)
+        print(f"{sent} {clock[0]:.6f}" if a.timed else sent)
         return
     rx = Receiver(a.port)
     stop = [False]

@@ -6,7 +6,8 @@ that marks the same traffic with the same N rules the way mwan3/VyOS do
 and, as a second row, the chain walked by every packet). Same lab, same run,
 same destination (which matches no rule: the common "everything else" case).
 Then the rate of new connections each setup forwards: where a chain walked
-once per connection costs (long TCP flows never show it).
+once per connection costs (long TCP flows never show it), and where steerd
+places every new flow in its flow table.
 
     tests/bench/throughput [--rules 10000] [--seconds 10] [--parallel 32] [--rounds 3]
 """
@@ -29,10 +30,12 @@ from benchout import record, verdict  # noqa: E402
 from rulegen import rules_yaml  # noqa: E402
 
 from steerd.lab.netns import ns_popen, ns_sh  # noqa: E402
-from steerd.lab.runner import SteerdProcess, send  # noqa: E402
+from steerd.lab.runner import PY, SteerdProcess  # noqa: E402
 from steerd.lab.topology import Lab  # noqa: E402
 from steerd.rules import parse_rules  # noqa: E402
 
+READY_TIMEOUT_S = 600       # steerd start with 10,000 rules on a loaded machine
+MIN_PPS = 500               # slower than this, the new-flows sender is stuck, not slow
 DST = "10.20.200.1"   # inside the steered range, matched by no generated rule
 WAN_MARK = {"wan1": 1 << 24, "wan2": 2 << 24, "wan3": 3 << 24}
 
@@ -114,7 +117,9 @@ def setup(mode: str, n: int):
             path = os.path.join(lab.run_dir, "rules.yaml")
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
-            steerd = SteerdProcess(lab, lab.write_config(lab.config(rules_file=path)))
+            # compiling and loading 10,000 rules takes seconds, minutes under load
+            steerd = SteerdProcess(lab, lab.write_config(lab.config(rules_file=path)),
+                                   ready_timeout=READY_TIMEOUT_S)
         else:
             policy_routes(lab)
             rs = parse_rules(text, "bench.yaml")
@@ -137,29 +142,58 @@ def _tunnel_tx(lab: Lab) -> int:
     return sum(link["stats64"]["tx"]["packets"] for link in out if link["ifname"].startswith("tun-p"))
 
 
+def send_new_flows(lab: Lab, flows: int) -> tuple[int, float]:
+    """One packet to each of *flows* new flows as fast as one sender can:
+    (packets sent, seconds from the first to the last). The sender times
+    itself, so its interpreter's start-up is not counted; the time limit
+    scales with the work (a loaded machine is slow, not stuck)."""
+    p = ns_popen(lab.core, [PY, "-m", "steerd.lab.traffic", "send", "--flows", str(flows),
+                            "--dst", "10.20.0.0/16", "--duration", "0", "--pps", "0",
+                            "--port", "5999", "--timed"], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = p.communicate(timeout=60 + flows / MIN_PPS)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        raise TimeoutError(f"{flows} new flows not sent in {60 + flows / MIN_PPS:.0f} s "
+                           f"(< {MIN_PPS} packets/s)") from None
+    sent, seconds = out.split()
+    return int(sent), float(seconds)
+
+
 def new_flows(mode: str, n: int, flows: int) -> tuple[float, float]:
     """*flows* new UDP flows of one packet each, sent as fast as one sender can:
     (new flows per second forwarded into the tunnels, share of them forwarded).
     The chain of the nftables setups is walked once per new connection here,
-    which long TCP flows never show."""
+    which long TCP flows never show; steerd looks each one up in its flow
+    table and inserts it."""
     with setup(mode, n) as lab:
         before = _tunnel_tx(lab)
-        t0 = time.monotonic()
-        sent = send(lab, flows, duration=0.0, pps=0, port=5999)
-        took = time.monotonic() - t0
+        sent, took = send_new_flows(lab, flows)
         time.sleep(0.5)
         forwarded = _tunnel_tx(lab) - before
         return forwarded / took, forwarded / max(sent, 1)
 
 
+def modes_of(rules: int) -> list[tuple[str, str]]:
+    return [("none", "no classifier (kernel ECMP, same 3 tunnels, 4:2:1)"),
+            ("steerd", f"steerd, {rules} rules"),
+            ("nft-ct", f"nftables chain, {rules} rules, ct mark restore (mwan3)"),
+            ("nft", f"nftables chain, {rules} rules, every packet")]
+
+
 def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
-    """Run every setup in turn, *rounds* times interleaved (this VM's throughput
-    drifts by tens of percent within minutes: interleaving spreads the drift
-    over all setups), and print the medians; True when steerd meets its goal."""
-    modes = [("none", "no classifier (kernel ECMP, same 3 tunnels, 4:2:1)"),
-             ("steerd", f"steerd, {rules} rules"),
-             ("nft-ct", f"nftables chain, {rules} rules, ct mark restore (mwan3)"),
-             ("nft", f"nftables chain, {rules} rules, every packet")]
+    """Throughput, then new connections (each part: every setup in turn,
+    *rounds* times interleaved: this VM's throughput drifts by tens of percent
+    within minutes, interleaving spreads the drift over all setups); prints
+    the medians; True when steerd meets both goals. *seconds* 0: new
+    connections only."""
+    ok = throughput_report(rules, seconds, parallel, rounds) if seconds > 0 else True
+    return new_connections_report(rules, rounds) and ok
+
+
+def throughput_report(rules: int, seconds: float, parallel: int, rounds: int) -> bool:
+    modes = modes_of(rules)
     runs: dict[str, list[float]] = {m: [] for m, _ in modes}
     for _ in range(rounds):
         for m, _label in modes:
@@ -184,8 +218,11 @@ def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
           f"steerd / nft (every packet) = {med['steerd'] / med['nft']:.2f}")
 
     record(labels=dict(modes), runs_mbps=runs, median_mbps=med, ratio_per_round=paired)
+    return ok
 
-    flows = 50000
+
+def new_connections_report(rules: int, rounds: int, flows: int = 50000) -> bool:
+    modes = modes_of(rules)
     rates: dict[str, list[float]] = {m: [] for m, _ in modes}
     for _ in range(rounds):
         for m, _label in modes:
@@ -199,18 +236,21 @@ def report(rules: int, seconds: float, parallel: int, rounds: int = 3) -> bool:
     print(f"{'setup':<58} {'flows/s':>9} {'x none':>7}")
     for m, label in modes:
         print(f"{label:<58} {nmed[m]:9.0f} {nmed[m] / nmed['none']:7.3f}")
-    print(f"steerd / nft-ct = {nmed['steerd'] / nmed['nft-ct']:.1f} x new connections per second")
-    new_ok = nmed["steerd"] >= 0.75 * nmed["none"]
-    print(f"goal: new connections, steerd >= 0.75 x no classifier: {verdict(new_ok)}")
-    ok &= new_ok
+    npaired = [s / n for s, n in zip(rates["steerd"], rates["none"])]
+    print(f"steerd / no classifier = {nmed['steerd'] / nmed['none']:.3f} (median), per round "
+          f"{min(npaired):.2f}-{max(npaired):.2f}; steerd / nft-ct = "
+          f"{nmed['steerd'] / nmed['nft-ct']:.1f} x new connections per second")
+    new_ok = nmed["steerd"] >= 0.95 * nmed["none"]
+    print(f"goal: new connections, steerd >= 0.95 x no classifier: {verdict(new_ok)}")
     record(new_flows_per_s=rates, new_flows_median=nmed)
-    return ok
+    return new_ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rules", type=int, default=10000)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=10.0,
+                    help="iperf3 time per setup (0: new connections only)")
     ap.add_argument("--parallel", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
