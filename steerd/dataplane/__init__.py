@@ -420,12 +420,8 @@ class KernelDataplane:
         table = self.prog.table("prio_class")
         for p, cid in enumerate(qos.prio_class_table(default_priority, bands)):
             table[ct.c_uint32(p)] = ct.c_uint32(cid)
-        for t, cap in zip(self.layout.tunnels, caps):
-            if cap:
-                qos.install(t.interface, cap, bands, qos.default_minor(default_priority),
-                            self.prog.qos_fd)
-            else:
-                qos.remove(t.interface)
+        qos.sync({t.interface: cap for t, cap in zip(self.layout.tunnels, caps)}, bands,
+                 qos.default_minor(default_priority), self.prog.qos_fd)
 
     def qos_state(self) -> list[dict | None]:
         return [qos.read(t.interface) for t in self.layout.tunnels]
@@ -551,7 +547,7 @@ class KernelDataplane:
 def cleanup_kernel(layout: Layout) -> dict[str, int]:
     """Remove every tc filter, qdisc, ip rule, route and pinned map steerd created, and nothing else."""
     filters = sum(tc.detach(i) for i in layout.ingress)
-    shapers = sum(qos.remove(t.interface) for t in layout.tunnels if _exists(t.interface))
+    shapers = qos.sync({t.interface: None for t in layout.tunnels}, [], 0, None)
     removed_routes = routes.remove([t.table for t in layout.tunnels], layout.rule_priority)
     pins = remove_pins(layout.pin_dir)
     counters = upstream.detach([t.interface for t in layout.tunnels if _exists(t.interface)])

@@ -291,7 +291,11 @@ def _frame(link) -> int:
 
 
 def _root_qdisc(ipr: IPRoute, idx: int):
-    for q in ipr.get_qdiscs(idx):
+    return _root_of(ipr.get_qdiscs(idx))
+
+
+def _root_of(qdiscs: list):
+    for q in qdiscs:
         if q["parent"] == 0xFFFFFFFF:
             return q
     return None
@@ -336,49 +340,58 @@ def install(ifname: str, cap_mbps: float, bands: list[Band], default_minor: int,
     """
     with _ipr(netns) as ipr:
         link = _link(ipr, ifname)
-        idx = link["index"]
-        p = plan(cap_mbps, bands, default_minor, _frame(link), overhead, split_gso)
-        root = _root_qdisc(ipr, idx)
-        if _is_ours(root) and _defcls(root) != default_minor:
-            ipr.tc("del", index=idx, handle=HANDLE, parent=0xFFFFFFFF)
-            root = None
-        if not _is_ours(root):
-            if root is not None and root["handle"] != 0 and not force:
-                raise QosError(f"{ifname}: root qdisc {root.get_attr('TCA_KIND')} "
-                               f"{fmt_classid(root['handle'])} is not steerd's; "
-                               f"refusing to replace it")
-            ipr.tc("replace", "htb", idx, HANDLE, default=default_minor, r2q=10)
-        ipr.tc("replace-class", "htb", idx, **p["root"])
-        leaf_qdiscs = {q["parent"]: q for q in ipr.get_qdiscs(idx) if q["parent"] >> 16 == MAJOR}
-        for leaf in p["leaves"]:
-            leaf = dict(leaf)
-            q = dict(leaf.pop("qdisc"))
-            kind = q.pop("kind")
-            ipr.tc("replace-class", "htb", idx, **leaf)
-            old = leaf_qdiscs.get(leaf["handle"])
-            if old is not None and old["handle"] == q["handle"] \
-                    and old.get_attr("TCA_KIND") != kind:
-                # same handle, other kind (the cap crossed SPLIT_GSO_BELOW_MBPS):
-                # the kernel only replaces like with like
-                ipr.tc("del", index=idx, handle=q["handle"], parent=leaf["handle"])
-            ipr.tc("replace", kind, idx, q.pop("handle"), parent=leaf["handle"], **q)
-        if prog_fd is not None:
-            # classid=5e: supplies the major: the program's skb->tc_classid is
-            # stored in 16 bits (qdisc_skb_cb), so only its minor survives.
-            ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd,
-                   name=FILTER_NAME, parent=HANDLE, prio=FILTER_PRIO, protocol=ETH_P_ALL,
-                   classid=HANDLE, direct_action=True)
-        elif _our_filters(ipr, idx):
-            try:
-                ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=HANDLE,
-                       prio=FILTER_PRIO, protocol=ETH_P_ALL)
-            except NetlinkError as exc:
-                if exc.code != 2:     # ENOENT: gone meanwhile
-                    raise
-        wanted = {leaf["handle"] for leaf in p["leaves"]} | {HANDLE | ROOT_MINOR}
-        for c in _our_classes(ipr, idx):
-            if c["handle"] not in wanted:
-                ipr.tc("del-class", index=idx, handle=c["handle"], parent=c["parent"])
+        _install(ipr, link, ipr.get_qdiscs(link["index"]), cap_mbps, bands, default_minor,
+                 prog_fd, overhead, split_gso, force)
+
+
+def _install(ipr: IPRoute, link, qdiscs: list, cap_mbps: float, bands: list[Band],
+             default_minor: int, prog_fd: int | None, overhead: int = 0,
+             split_gso: bool | None = None, force: bool = False) -> None:
+    """install() on *link*, whose qdiscs (as dumped) are *qdiscs*."""
+    idx, ifname = link["index"], link.get_attr("IFLA_IFNAME")
+    p = plan(cap_mbps, bands, default_minor, _frame(link), overhead, split_gso)
+    root = _root_of(qdiscs)
+    if _is_ours(root) and _defcls(root) != default_minor:
+        ipr.tc("del", index=idx, handle=HANDLE, parent=0xFFFFFFFF)
+        root = None
+    if not _is_ours(root):
+        if root is not None and root["handle"] != 0 and not force:
+            raise QosError(f"{ifname}: root qdisc {root.get_attr('TCA_KIND')} "
+                           f"{fmt_classid(root['handle'])} is not steerd's; "
+                           f"refusing to replace it")
+        ipr.tc("replace", "htb", idx, HANDLE, default=default_minor, r2q=10)
+        qdiscs = []   # a new root: no leaves yet
+    ipr.tc("replace-class", "htb", idx, **p["root"])
+    leaf_qdiscs = {q["parent"]: q for q in qdiscs if q["parent"] >> 16 == MAJOR}
+    for leaf in p["leaves"]:
+        leaf = dict(leaf)
+        q = dict(leaf.pop("qdisc"))
+        kind = q.pop("kind")
+        ipr.tc("replace-class", "htb", idx, **leaf)
+        old = leaf_qdiscs.get(leaf["handle"])
+        if old is not None and old["handle"] == q["handle"] \
+                and old.get_attr("TCA_KIND") != kind:
+            # same handle, other kind (the cap crossed SPLIT_GSO_BELOW_MBPS):
+            # the kernel only replaces like with like
+            ipr.tc("del", index=idx, handle=q["handle"], parent=leaf["handle"])
+        ipr.tc("replace", kind, idx, q.pop("handle"), parent=leaf["handle"], **q)
+    if prog_fd is not None:
+        # classid=5e: supplies the major: the program's skb->tc_classid is
+        # stored in 16 bits (qdisc_skb_cb), so only its minor survives.
+        ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd,
+               name=FILTER_NAME, parent=HANDLE, prio=FILTER_PRIO, protocol=ETH_P_ALL,
+               classid=HANDLE, direct_action=True)
+    elif _our_filters(ipr, idx):
+        try:
+            ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=HANDLE,
+                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
+        except NetlinkError as exc:
+            if exc.code != 2:     # ENOENT: gone meanwhile
+                raise
+    wanted = {leaf["handle"] for leaf in p["leaves"]} | {HANDLE | ROOT_MINOR}
+    for c in _our_classes(ipr, idx):
+        if c["handle"] not in wanted:
+            ipr.tc("del-class", index=idx, handle=c["handle"], parent=c["parent"])
 
 
 def remove(ifname: str, *, netns: str | None = None) -> bool:
@@ -392,13 +405,52 @@ def remove(ifname: str, *, netns: str | None = None) -> bool:
             return False
         if not _is_ours(_root_qdisc(ipr, idx)):
             return False
-        try:
-            ipr.tc("del", index=idx, handle=HANDLE, parent=0xFFFFFFFF)
-        except NetlinkError as exc:
-            if exc.code in (2, 22):   # gone meanwhile
-                return False
-            raise
-        return True
+        return _remove(ipr, idx)
+
+
+def _remove(ipr: IPRoute, idx: int) -> bool:
+    try:
+        ipr.tc("del", index=idx, handle=HANDLE, parent=0xFFFFFFFF)
+    except NetlinkError as exc:
+        if exc.code in (2, 22):   # gone meanwhile
+            return False
+        raise
+    return True
+
+
+def sync(caps: dict[str, float | None], bands: list[Band], default_minor: int,
+         prog_fd: int | None, *, netns: str | None = None) -> int:
+    """Every interface of *caps* as install() (a cap) or remove() (None) would
+    leave it, with one qdisc dump for all: a hub has thousands of tunnels, and
+    each per-interface dump walks every qdisc of the namespace (seconds each
+    at 3,000 interfaces). Interfaces without a cap and without our root cost
+    nothing. Errors (someone else's root, a missing interface) do not stop the
+    other interfaces; they are raised together at the end as one QosError.
+    Returns the number of steerd roots removed."""
+    errors, removed = [], 0
+    with _ipr(netns) as ipr:
+        by_index: dict[int, list] = {}
+        for q in ipr.get_qdiscs():
+            by_index.setdefault(q["index"], []).append(q)
+        ours = [i for i, qs in by_index.items() if _is_ours(_root_of(qs))]
+        ours_by_name = {ln.get_attr("IFLA_IFNAME"): ln["index"]
+                        for i in ours for ln in ipr.get_links(i)}
+        for ifname, cap in caps.items():
+            try:
+                if cap:
+                    link = _link(ipr, ifname)
+                    _install(ipr, link, by_index.get(link["index"], []), cap, bands,
+                             default_minor, prog_fd)
+                elif ifname in ours_by_name:
+                    removed += _remove(ipr, ours_by_name[ifname])
+            except QosError as exc:      # names the interface
+                errors.append(str(exc))
+            except NetlinkError as exc:
+                errors.append(f"{ifname}: {exc}")
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise QosError("; ".join(errors[:3]) + more)
+    return removed
 
 
 def _rates(opts) -> tuple[int, int]:
