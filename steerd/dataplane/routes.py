@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .rtnl import Route, Rtnl
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,16 +38,20 @@ def _family(net: Network) -> int:
 
 def install(tables: list[RouteTable], mark_mask: int, priority: int) -> None:
     """Make the kernel hold exactly these tables and rules (idempotent; only
-    routes that differ are written, so a reload touches only what changed)."""
-    with IPRoute() as ipr:
-        ifindex: dict[str, int] = {}
+    routes that differ are written, so a reload touches only what changed).
+    Routes go through raw rtnetlink in batches (rtnl.py): a hub's tables hold
+    a route per site."""
+    ifindex: dict[str, int] = {}
+    for tb in tables:
+        for _, ifname in tb.routes:
+            if ifname not in ifindex:
+                ifindex[ifname] = _ifindex(ifname)
+    with Rtnl() as nl:
         for tb in tables:
-            wanted = {}
-            for net, ifname in tb.routes:
-                if ifname not in ifindex:
-                    ifindex[ifname] = _ifindex(ifname)
-                wanted[str(net)] = (net, ifindex[ifname])
-            _sync_table(ipr, tb.table, wanted)
+            _sync_table(nl, tb.table, {Route(net, ifindex[ifname], tb.table)
+                                       for net, ifname in tb.routes})
+    with IPRoute() as ipr:
+        for tb in tables:
             families = {_family(net) for net, _ in tb.routes}
             for fam in (socket.AF_INET, socket.AF_INET6):
                 _sync_rule(ipr, fam, tb, mark_mask, priority, wanted=fam in families)
@@ -60,25 +66,16 @@ def _ifindex(ifname: str) -> int:
         raise LookupError(f"tunnel interface {ifname!r} not found") from None
 
 
-def _route_dst(r, fam: int) -> str:
-    zero = "0.0.0.0" if fam == socket.AF_INET else "::"
-    return f"{r.get_attr('RTA_DST') or zero}/{r['dst_len']}"
-
-
-def _sync_table(ipr: IPRoute, table: int, wanted: dict[str, tuple[Network, int]]) -> None:
-    present = set()
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        for r in ipr.get_routes(family=fam, table=table):
-            if r.get_attr("RTA_TABLE") != table:
-                continue
-            dst, oif = _route_dst(r, fam), r.get_attr("RTA_OIF")
-            if dst not in wanted or oif != wanted[dst][1]:
-                ipr.route("del", table=table, dst=dst, family=fam, oif=oif)
-            else:
-                present.add(dst)
-    for dst, (net, oif) in wanted.items():
-        if dst not in present:
-            ipr.route("replace", dst=dst, oif=oif, table=table, family=_family(net))
+def _sync_table(nl: Rtnl, table: int, wanted: set[Route]) -> None:
+    present = {r for fam in (socket.AF_INET, socket.AF_INET6) for r in nl.routes(fam, table)}
+    wanted_dst = {r.dst for r in wanted}
+    # a destination that moves to another interface is replaced, not deleted first
+    failed = nl.delete([r for r in present if r not in wanted and r.dst not in wanted_dst])
+    failed += nl.replace([r for r in wanted if r not in present])
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        exc = failed[0][1]
+        raise OSError(exc.errno, f"table {table}: {exc.strerror}{more}")
 
 
 def _sync_rule(ipr: IPRoute, fam: int, tb: RouteTable, mask: int, priority: int, wanted: bool) -> None:
@@ -110,14 +107,8 @@ def remove(tables: list[int], priority: int) -> int:
                     _del_rule(ipr, fam, priority, r.get_attr("FRA_FWMARK"), r.get_attr("FRA_FWMASK"),
                               r.get_attr("FRA_TABLE"))
                     n += 1
-            for table in sorted(set(tables)):
-                for r in ipr.get_routes(family=fam, table=table):
-                    if r.get_attr("RTA_TABLE") != table:
-                        continue
-                    try:
-                        ipr.route("del", table=table, dst=_route_dst(r, fam),
-                                  family=fam, oif=r.get_attr("RTA_OIF"))
-                        n += 1
-                    except NetlinkError:
-                        pass
+    with Rtnl() as nl:
+        for table in sorted(set(tables)):
+            gone = [r for fam in (socket.AF_INET, socket.AF_INET6) for r in nl.routes(fam, table)]
+            n += len(gone) - len(nl.delete(gone))
     return n
