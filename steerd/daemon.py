@@ -36,6 +36,7 @@ MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation 
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
 PROBE_TIMING_WINDOW = 10.0  # seconds of probe send lateness that status reports
 QUALITY_EVERY = 0.1     # s between quality-rule evaluations in the probe loop (a link change: at once)
+PROBE_SPREAD = 0.0002     # s between tunnels' first probes (3,000 tunnels: 0.6 s, capped at the interval)
 FLOW_COUNT_MAX_AGE = 1.0  # seconds a status may show old flow counts (a table walk each)
 
 
@@ -255,9 +256,16 @@ class Daemon:
         from .health import LinkMonitor
 
         loop = asyncio.get_running_loop()
-        self.monitors = [LinkMonitor(t.name, self.cfg.probe, self.cfg.health, now)
-                         for t in self.cfg.tunnels]
-        self.probers = [self._prober(i, t, loop) for i, t in enumerate(self.cfg.tunnels)]
+        from .probe import ProbeSockets
+        self.probe_sockets = ProbeSockets(
+            on_new=lambda s: loop.add_reader(s.fileno(), self._probe_readable, s))
+        # first probes spread (a hub's thousands of tunnels do not all go in one
+        # loop turn, and keep their phases since the cadence is kept)
+        spread = min(self.cfg.probe.interval, PROBE_SPREAD * len(self.cfg.tunnels))
+        n = max(1, len(self.cfg.tunnels))
+        self.monitors = [LinkMonitor(t.name, self.cfg.probe, self.cfg.health, now + spread * i / n)
+                         for i, t in enumerate(self.cfg.tunnels)]
+        self.probers = [self._prober(i, t) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
         self._schedule_all()
 
@@ -272,12 +280,17 @@ class Daemon:
         self.upstream_seen: Sequence[int] = ()      # packets per tunnel at the last scan
         self.upstream_watched: set[int] = set()     # tunnels read every silence.STEP
 
-    def _prober(self, i: int, t, loop: asyncio.AbstractEventLoop):
+    def _prober(self, i: int, t):
         from .probe import Prober
-        p = Prober(t.name, t.interface, t.probe_target,
-                   on_reply=lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at))
-        loop.add_reader(p.fileno(), p.handle_readable)
-        return p
+        return Prober(t.name, t.interface, t.probe_target,
+                      on_reply=lambda seq, rtt, at, i=i: self._on_reply(i, seq, rtt, at),
+                      sockets=self.probe_sockets)
+
+    def _probe_readable(self, sock) -> None:
+        try:
+            sock.handle_readable()
+        except Exception as exc:   # a reader callback: asyncio would only log it
+            self._loop_error("probe socket", exc)
 
     def _on_reply(self, i: int, seq: int, rtt: float, now: float) -> None:
         try:
@@ -634,6 +647,11 @@ class Daemon:
         self._control.close()
         for p in self.probers:
             p.close()
+        if self.probing:
+            loop = asyncio.get_running_loop()
+            for sock in self.probe_sockets.by_version.values():
+                loop.remove_reader(sock.fileno())
+            self.probe_sockets.close()
         self.dp.close()
         if self.fatal:
             raise DaemonFailed(self.fatal)
@@ -875,7 +893,6 @@ class Daemon:
         if not self.probing:
             return
         from .health import LinkMonitor
-        loop = asyncio.get_running_loop()
         keep = {t.name: i for i, t in enumerate(old_cfg.tunnels)}
         monitors, probers, seq = [], [], []
         for t in cfg.tunnels:
@@ -889,10 +906,9 @@ class Daemon:
                 keep.pop(t.name)
             else:
                 monitors.append(LinkMonitor(t.name, cfg.probe, cfg.health, now))
-                probers.append(self._prober(len(probers), t, loop))
+                probers.append(self._prober(len(probers), t))
                 seq.append(0)
         for i in keep.values():
-            loop.remove_reader(self.probers[i].fileno())
             self.probers[i].close()
         self.monitors, self.probers, self.seq = monitors, probers, seq
         # reply callbacks carry the tunnel's position: rebind them to the new order

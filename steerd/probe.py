@@ -1,10 +1,16 @@
 """ICMP / ICMPv6 echo probes through one tunnel (the socket side of health.py).
 
-One ``Prober`` per tunnel: a raw socket bound with SO_BINDTODEVICE to the
-tunnel's interface, so probes leave through that tunnel only. They are locally
-generated, so the eBPF steering (tc ingress of the ingress interfaces) never
-sees them; the binding is what pins them (with a bound device the kernel
-even assumes the target is on-link when no route says otherwise).
+One ``Prober`` per tunnel, all sharing one raw socket per address family
+(``ProbeSocket``): each probe names the tunnel's interface as its outgoing
+device (IP_PKTINFO / IPV6_PKTINFO, which routes exactly as SO_BINDTODEVICE
+does), so probes leave through that tunnel only, and a reply counts only if it
+arrived on that interface. They are locally generated, so the eBPF steering
+(tc ingress of the ingress interfaces) never sees them; the outgoing device is
+what pins them (with one the kernel even assumes the target is on-link when no
+route says otherwise). One socket rather than one per tunnel: the kernel offers
+every incoming ICMP packet to each raw ICMP socket of the namespace in turn, so
+a hub's 3,000 sockets made its 3,000 replies a second 9 million socket checks
+(and 3,000 descriptors to watch).
 
 Matching: every probe carries this prober's random 16-bit identifier, the
 sequence number (low 16 bits in the header, all 64 in the payload) and a
@@ -23,9 +29,12 @@ times.
 
 Use from asyncio::
 
-    p = Prober("pri-wan1", "ipsec1", "169.254.10.2", on_reply=cb)
-    loop.add_reader(p.fileno(), p.handle_readable)
+    socks = ProbeSockets(on_new=lambda s: loop.add_reader(s.fileno(), s.handle_readable))
+    p = Prober("pri-wan1", "ipsec1", "169.254.10.2", on_reply=cb, sockets=socks)
     p.send(seq)     # when LinkMonitor.next_probe_at() is due; raises OSError if it cannot go out
+
+(without ``sockets`` a prober has a socket of its own: ``p.fileno()``,
+``p.handle_readable()``).
 
 Root (CAP_NET_RAW) is needed; it works in whatever network namespace the
 process runs in.
@@ -49,6 +58,13 @@ PAYLOAD_LEN = 4 + 8 + 8           # magic, nonce, seq
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IN_PKTINFO = struct.Struct("=I4s4s")      # ipi_ifindex, ipi_spec_dst, ipi_addr
+IN6_PKTINFO = struct.Struct("=16sI")      # ipi6_addr, ipi6_ifindex
+# replies of a whole hub's probes may arrive between two reads of the socket
+# (3,000 tunnels probed in one loop turn): room for them, not the default 200 kB
+RCVBUF = 16 << 20
 SOL_RAW, ICMP_FILTER = 255, 1      # linux/icmp.h: bitmask of ICMP types to drop
 ICMP6_FILTER = 1                   # linux/icmpv6.h: struct icmp6_filter, bit set = block
 ECHO_REQUEST = {4: 8, 6: 128}
@@ -97,19 +113,130 @@ def kernel_timestamp_ns(ancdata: list) -> int | None:
     return None
 
 
-def raw_icmp_socket(version: int, interface: str) -> socket.socket:
-    """A non-blocking raw ICMP(v6) socket bound to ``interface``."""
+def pktinfo_ifindex(version: int, ancdata: list) -> int | None:
+    """The interface a packet arrived on (IP_PKTINFO / IPV6_PKTINFO), if given."""
+    level, kind, fmt = ((socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO) if version == 4 else
+                        (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, IN6_PKTINFO))
+    for lv, k, data in ancdata:
+        if lv == level and k == kind and len(data) >= fmt.size:
+            return fmt.unpack_from(data)[0 if version == 4 else 1]
+    return None
+
+
+def raw_icmp_socket(version: int, interface: str | None = None) -> socket.socket:
+    """A non-blocking raw ICMP(v6) socket, bound to *interface* if given."""
     if version == 4:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     else:
         s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
     try:
-        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+        if interface is not None:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
         s.setblocking(False)
     except OSError:
         s.close()
         raise
     return s
+
+
+def probe_socket(version: int) -> socket.socket:
+    """The socket of a ProbeSocket: echo replies only, with the kernel's receive
+    time and the interface they came in on."""
+    s = raw_icmp_socket(version)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        s.setsockopt(*icmp_filter(version, ECHO_REPLY[version]))
+        if version == 4:
+            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:      # without CAP_NET_ADMIN: as much as rmem_max allows
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class ProbeSocket:
+    """One raw socket carrying the probes of many tunnels (one address family).
+    Replies go to their prober by echo identifier (unique per socket)."""
+
+    def __init__(self, version: int):
+        self.version = version
+        self.sock = probe_socket(version)
+        self.probers: dict[int, "Prober"] = {}
+        self.unmatched = 0          # replies with no prober's identifier
+        self._anc = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(IN6_PKTINFO.size)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def register(self, prober: "Prober") -> int:
+        """A free identifier for *prober* (random: a blind spoofer must guess it)."""
+        if len(self.probers) >= 0x10000:
+            raise OSError("no free ICMP echo identifier on this probe socket")
+        while True:
+            ident = secrets.randbelow(0x10000)
+            if ident not in self.probers:
+                self.probers[ident] = prober
+                return ident
+
+    def unregister(self, prober: "Prober") -> None:
+        if self.probers.get(prober.ident) is prober:
+            del self.probers[prober.ident]
+
+    def send(self, pkt: bytes, dest: tuple, ifindex: int) -> None:
+        if self.version == 4:
+            anc = [(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
+        else:
+            anc = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, IN6_PKTINFO.pack(bytes(16), ifindex))]
+        self.sock.sendmsg([pkt], anc, 0, dest)
+
+    def handle_readable(self) -> None:
+        """Drain the socket; hand each reply to the prober its identifier names."""
+        while True:
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(2048, self._anc)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # e.g. an interface went away: the monitors see losses
+                log.debug("probe socket: recv: %s", exc)
+                return
+            rx_ns = kernel_timestamp_ns(anc) or time.time_ns()
+            icmp = data[(data[0] & 0x0F) * 4:] if self.version == 4 and data else data
+            prober = self.probers.get(int.from_bytes(icmp[4:6], "big")) if len(icmp) >= 8 else None
+            if prober is None:
+                self.unmatched += 1
+                continue
+            prober.deliver(data, addr, rx_ns, pktinfo_ifindex(self.version, anc))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ProbeSockets:
+    """A daemon's probe sockets: one per address family, made on first use
+    (*on_new* is called with each, to watch it)."""
+
+    def __init__(self, on_new: Callable[[ProbeSocket], None] | None = None):
+        self.on_new = on_new
+        self.by_version: dict[int, ProbeSocket] = {}
+
+    def get(self, version: int) -> ProbeSocket:
+        s = self.by_version.get(version)
+        if s is None:
+            s = self.by_version[version] = ProbeSocket(version)
+            if self.on_new:
+                self.on_new(s)
+        return s
+
+    def close(self) -> None:
+        for s in self.by_version.values():
+            s.close()
+        self.by_version.clear()
 
 
 @dataclass
@@ -123,31 +250,30 @@ class Prober:
     """Echo probes to ``target`` through ``interface`` only."""
 
     def __init__(self, tunnel_name: str, interface: str, target: Address,
-                 on_reply: ReplyCallback, forget_after: float = 30.0):
+                 on_reply: ReplyCallback, forget_after: float = 30.0,
+                 sockets: ProbeSockets | None = None):
         self.tunnel = tunnel_name
         self.interface = interface
         self.target = ipaddress.ip_address(str(target).split("%")[0])
         self.version = self.target.version
         self.on_reply = on_reply
         self.forget_after = forget_after      # outstanding probes older than this are dropped
-        self.ident = secrets.randbelow(0x10000)
         self.sent = self.received = self.ignored = 0
         self._out: dict[int, _Out] = {}
-        self.sock = raw_icmp_socket(self.version, interface)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            self.sock.setsockopt(*icmp_filter(self.version, ECHO_REPLY[self.version]))
-        except OSError:
-            self.sock.close()
-            raise
+        self.ifindex = socket.if_nametoindex(interface)     # OSError: no such interface
+        self._own = sockets is None
+        self.shared = (sockets or ProbeSockets()).get(self.version)
+        self.ident = self.shared.register(self)
         if self.version == 4:
             self._dest: tuple = (str(self.target), 0)
         else:
-            scope = socket.if_nametoindex(interface) if self.target.is_link_local else 0
-            self._dest = (str(self.target), 0, 0, scope)
+            self._dest = (str(self.target), 0, 0, self.ifindex if self.target.is_link_local else 0)
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.shared.fileno()
+
+    def handle_readable(self) -> None:
+        self.shared.handle_readable()
 
     def rebind(self) -> None:
         """Bind to the interface of that name again: it was recreated, and the
@@ -157,7 +283,9 @@ class Prober:
             self._dest = (str(self.target), 0, 0, socket.if_nametoindex(self.interface))
 
     def close(self) -> None:
-        self.sock.close()
+        self.shared.unregister(self)
+        if self._own:
+            self.shared.close()
 
     def send(self, seq: int) -> float:
         """Send probe ``seq`` (unique per prober); returns the monotonic send time."""
@@ -167,33 +295,25 @@ class Prober:
         mono = time.monotonic()
         self._forget(mono)
         sent_ns = time.time_ns()
-        self.sock.sendto(pkt, self._dest)
+        self.shared.send(pkt, self._dest, self.ifindex)
         self._out[seq] = _Out(nonce, sent_ns, mono)
         self.sent += 1
         return mono
 
-    def handle_readable(self) -> None:
-        """Drain the socket; call ``on_reply`` for each matching reply."""
-        while True:
-            try:
-                data, anc, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:   # e.g. the interface went away: the monitor sees losses
-                log.debug("probe %s: recv: %s", self.tunnel, exc)
-                return
-            rx_ns = kernel_timestamp_ns(anc) or time.time_ns()
-            hit = self._match(data, addr)
-            if hit is None:
-                self.ignored += 1
-                continue
-            seq, out = hit
-            mono_now = time.monotonic()
-            rtt = (rx_ns - out.sent_ns) / 1e9
-            if not 0.0 <= rtt <= mono_now - out.sent_mono + 0.5:   # wall clock stepped
-                rtt = mono_now - out.sent_mono
-            self.received += 1
-            self.on_reply(seq, rtt, min(mono_now, out.sent_mono + rtt))
+    def deliver(self, data: bytes, addr: tuple, rx_ns: int, ifindex: int | None) -> None:
+        """A reply with this prober's identifier: ``on_reply`` if it answers an
+        outstanding probe and came in through this tunnel's interface."""
+        hit = self._match(data, addr) if ifindex == self.ifindex else None
+        if hit is None:
+            self.ignored += 1
+            return
+        seq, out = hit
+        mono_now = time.monotonic()
+        rtt = (rx_ns - out.sent_ns) / 1e9
+        if not 0.0 <= rtt <= mono_now - out.sent_mono + 0.5:   # wall clock stepped
+            rtt = mono_now - out.sent_mono
+        self.received += 1
+        self.on_reply(seq, rtt, min(mono_now, out.sent_mono + rtt))
 
     def _match(self, data: bytes, addr: tuple) -> tuple[int, _Out] | None:
         if self.version == 4:

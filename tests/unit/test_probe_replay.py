@@ -9,8 +9,11 @@ import time
 import pytest
 
 from steerd.probe import (
+    IN_PKTINFO,
+    IP_PKTINFO,
     MAGIC,
     SCM_TIMESTAMPNS,
+    ProbeSocket,
     Prober,
     checksum,
     echo_packet,
@@ -24,8 +27,8 @@ class FakeSock:
         self.sent: list = []
         self.inbox: list = []
 
-    def sendto(self, pkt, dest):
-        self.sent.append((pkt, dest))
+    def sendmsg(self, buffers, anc, flags, dest):
+        self.sent.append((b"".join(buffers), dest, anc))
 
     def recvmsg(self, bufsize, ancsize):
         if not self.inbox:
@@ -39,20 +42,37 @@ class FakeSock:
         pass
 
 
+IFINDEX = 7     # the fake tunnel interface's
+
+
 def fake_prober(target="169.254.11.2", ident=0x1234):
+    shared = ProbeSocket.__new__(ProbeSocket)
+    shared.version, shared.sock, shared.probers, shared.unmatched = 4, FakeSock(), {}, 0
+    shared._anc = 64
     p = Prober.__new__(Prober)
-    p.tunnel, p.interface = "t1", "tun-p1"
+    p.tunnel, p.interface, p.ifindex = "t1", "tun-p1", IFINDEX
     p.target = ipaddress.ip_address(target)
     p.version = p.target.version
     p.replies = []
     p.on_reply = lambda seq, rtt, now: p.replies.append((seq, rtt, now))
     p.forget_after = 30.0
-    p.ident = ident
     p.sent = p.received = p.ignored = 0
     p._out = {}
-    p.sock = FakeSock()
+    p.shared, p._own = shared, True
+    p.ident = ident
+    shared.probers[ident] = p
+    p.sock = shared.sock
     p._dest = (target, 0)
     return p
+
+
+def ignored(p: Prober) -> int:
+    """Replies dropped by the prober or, for want of its identifier, by its socket."""
+    return p.ignored + p.shared.unmatched
+
+
+def arrived(ifindex: int = IFINDEX) -> list:
+    return [(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
 
 
 def ipv4_wrap(icmp: bytes, src: str = "169.254.11.2", dst: str = "169.254.11.1") -> bytes:
@@ -61,8 +81,10 @@ def ipv4_wrap(icmp: bytes, src: str = "169.254.11.2", dst: str = "169.254.11.1")
     return hdr + icmp
 
 
-def stamp(ns: int) -> list:
-    return [(socket.SOL_SOCKET, SCM_TIMESTAMPNS, struct.pack("=qq", ns // 10**9, ns % 10**9))]
+def stamp(ns: int, ifindex: int = IFINDEX) -> list:
+    """Ancillary data of a reply received at *ns* on interface *ifindex*."""
+    return [(socket.SOL_SOCKET, SCM_TIMESTAMPNS, struct.pack("=qq", ns // 10**9, ns % 10**9)),
+            *arrived(ifindex)]
 
 
 def reply_for(p: Prober, seq: int, **over) -> bytes:
@@ -98,8 +120,8 @@ def test_kernel_timestamp_parsing():
 def test_probe_format():
     p = fake_prober()
     t = p.send(70000)
-    pkt, dest = p.sock.sent[0]
-    assert dest == ("169.254.11.2", 0)
+    pkt, dest, anc = p.sock.sent[0]
+    assert dest == ("169.254.11.2", 0) and anc == arrived()   # out through the tunnel only
     kind, code, _, ident, seq16 = struct.unpack("!BBHHH", pkt[:8])
     assert (kind, code, ident, seq16) == (8, 0, 0x1234, 70000 & 0xFFFF)
     assert pkt[8:12] == MAGIC and int.from_bytes(pkt[20:28], "big") == 70000
@@ -123,6 +145,31 @@ def test_matching_reply_gives_kernel_rtt_once():
     assert p.received == 1 and p.ignored == 1
 
 
+def test_a_reply_through_another_interface_is_ignored():
+    p = fake_prober()
+    p.send(5)
+    sent_ns = p._out[5].sent_ns
+    p.sock.inbox = [(reply_for(p, 5), stamp(sent_ns + 1_000_000, IFINDEX + 1), 0, ("169.254.11.2", 0)),
+                    (reply_for(p, 5), stamp(sent_ns + 1_000_000)[:1], 0, ("169.254.11.2", 0))]
+    p.handle_readable()
+    assert p.replies == [] and p.ignored == 2 and 5 in p._out
+
+
+def test_replies_go_to_the_prober_of_their_identifier():
+    a = fake_prober(ident=0x1234)
+    b = Prober.__new__(Prober)
+    b.__dict__.update(a.__dict__, ident=0x4321, replies=[], _out={}, sent=0, received=0, ignored=0)
+    b.on_reply = lambda seq, rtt, now: b.replies.append(seq)
+    a.shared.probers[b.ident] = b
+    a.send(5)
+    b.send(5)
+    a.sock.inbox = [(reply_for(b, 5), stamp(time.time_ns()), 0, ("169.254.11.2", 0)),
+                    (reply_for(a, 5), stamp(time.time_ns()), 0, ("169.254.11.2", 0))]
+    a.handle_readable()
+    assert b.replies == [5] and [r[0] for r in a.replies] == [5]
+    assert a.ignored == b.ignored == a.shared.unmatched == 0
+
+
 @pytest.mark.parametrize("change", [
     {"nonce": bytes(8)}, {"ident": 0x4321}, {"seq16": 6}, {"type": 8}, {"src": "169.254.99.9"},
 ])
@@ -133,7 +180,7 @@ def test_mismatching_replies_are_ignored(change):
     src = change.get("src", "169.254.11.2")
     p.sock.inbox = [(reply_for(p, 5, **change), stamp(sent_ns + 1_000_000), 0, (src, 0))]
     p.handle_readable()
-    assert p.replies == [] and p.ignored == 1
+    assert p.replies == [] and ignored(p) == 1
     assert 5 in p._out                        # still waiting for the genuine one
 
 
@@ -142,10 +189,11 @@ def test_corrupt_and_short_packets_are_ignored():
     p.send(5)
     good = bytearray(reply_for(p, 5))
     good[-1] ^= 0xFF                           # checksum no longer matches
-    p.sock.inbox = [(bytes(good), [], 0, ("169.254.11.2", 0)), (b"\x45" + bytes(10), [], 0, ("x", 0)),
-                    (ipv4_wrap(b"\x00\x00"), [], 0, ("169.254.11.2", 0))]
+    p.sock.inbox = [(bytes(good), arrived(), 0, ("169.254.11.2", 0)),
+                    (b"\x45" + bytes(10), arrived(), 0, ("x", 0)),
+                    (ipv4_wrap(b"\x00\x00"), arrived(), 0, ("169.254.11.2", 0))]
     p.handle_readable()
-    assert p.replies == [] and p.ignored == 3
+    assert p.replies == [] and ignored(p) == 3
 
 
 def test_wall_clock_step_falls_back_to_monotonic():
