@@ -59,6 +59,7 @@ class Controller:
         self.sa_down: set[int] = set()    # no SAs (XFRM): probes cannot bring these up
         self.version = 0                  # +1 whenever what status shows changes
         self.link_changes = 0             # link state transitions decided here
+        self._shares: tuple[list[int] | None, list[float]] = (None, [])
 
     # -- inputs -------------------------------------------------------------
     def probed(self, index: int, transitions: Sequence[Transition], now: float,
@@ -207,15 +208,18 @@ class Controller:
         return Programming(usable, tuple(slots), keep, self.wan_tunnels(), reason), [note]
 
     def shares(self) -> list[float]:
-        """Fraction of slots (= of new flows) per tunnel."""
-        n = len(self.cfg.tunnels)
-        if not self.slots:
-            return [0.0] * n
-        counts = [0] * n
-        for t in self.slots:
-            if t < n:
-                counts[t] += 1
-        return [c / len(self.slots) for c in counts]
+        """Fraction of slots (= of new flows) per tunnel. Counted once per slot
+        table (a new table is a new list): status and metrics ask for every
+        site's shares, 1,000 x 1,024 slots on a hub."""
+        if self._shares[0] is not self.slots or self.slots is None:
+            n = len(self.cfg.tunnels)
+            counts = [0] * n
+            for t in self.slots or ():
+                if t < n:
+                    counts[t] += 1
+            self._shares = (self.slots, [c / len(self.slots) for c in counts] if self.slots
+                            else [0.0] * n)
+        return self._shares[1]
 
 
 # --------------------------------------------------------------------------- hub
