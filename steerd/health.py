@@ -249,6 +249,7 @@ class LinkMonitor:
         self._samples: list[_Sample] = []         # completed regular samples, by send time
         self._forget_before = -math.inf           # samples sent earlier describe an outage
         self._stats: LinkStats | None = None
+        self._sla_clean: LinkStats | None = None   # the stats last found within the SLA while up
         self._history: deque[bool] = deque(maxlen=LOSS_HISTORY)   # True = lost
         self._history_lost = 0
         self._degraded_run = 0    # regular samples since the link became degraded
@@ -595,6 +596,8 @@ class LinkMonitor:
     def _evaluate_sla(self, now: float) -> list[Transition]:
         if self.state == DOWN:
             return []
+        if self.state == UP and self._stats is not None and self._stats is self._sla_clean:
+            return []     # up, and these very statistics were within the SLA: nothing to do
         st = self.stats()
         if st.samples < self._min_samples():
             return []
@@ -604,6 +607,8 @@ class LinkMonitor:
                 self._soft_changes.append(now)
                 self._sla_ok_since = None
                 return [self._change(DEGRADED, ", ".join(broken), now)]
+            if not broken:
+                self._sla_clean = st
             return []
         if broken:
             self._sla_ok_since = None

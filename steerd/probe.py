@@ -256,6 +256,7 @@ class Prober:
         self.interface = interface
         self.target = ipaddress.ip_address(str(target).split("%")[0])
         self.version = self.target.version
+        self._target_str = str(self.target)
         self.on_reply = on_reply
         self.forget_after = forget_after      # outstanding probes older than this are dropped
         self.sent = self.received = self.ignored = 0
@@ -335,12 +336,12 @@ class Prober:
         out = self._out.get(seq)
         if out is None or seq16 != seq & 0xFFFF or not secrets.compare_digest(out.nonce, payload[4:12]):
             return None
-        try:
-            src = ipaddress.ip_address(addr[0].split("%")[0])
-        except ValueError:
-            return None
-        if src != self.target:
-            return None
+        if addr[0] != self._target_str:    # the kernel's text form; else compare parsed
+            try:
+                if ipaddress.ip_address(addr[0].split("%")[0]) != self.target:
+                    return None
+            except ValueError:
+                return None
         del self._out[seq]      # a duplicate of this reply is ignored
         return seq, out
 

@@ -52,6 +52,7 @@ def fake_prober(target="169.254.11.2", ident=0x1234):
     p = Prober.__new__(Prober)
     p.tunnel, p.interface, p.ifindex = "t1", "tun-p1", IFINDEX
     p.target = ipaddress.ip_address(target)
+    p._target_str = target
     p.version = p.target.version
     p.replies = []
     p.on_reply = lambda seq, rtt, now: p.replies.append((seq, rtt, now))
