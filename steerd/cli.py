@@ -202,14 +202,23 @@ def rules_apply(sock: str, path: str, dry_run: bool) -> None:
 
 
 @rules.command("list")
+@click.option("--site", default=None, help="hub mode: where the rules send one site's flows")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def rules_list(sock: str, as_json: bool) -> None:
-    """Rules in priority order with their hit counters."""
-    rs = request(sock, {"cmd": "rules_list"})["rules"]
+def rules_list(sock: str, site: str | None, as_json: bool) -> None:
+    """Rules in priority order with their hit counters, and where each sends its
+    flows now and why (hub mode: summed up over the sites, or one site's with --site)."""
+    rs = request(sock, {"cmd": "rules_list", **({"site": site} if site else {})})["rules"]
     if as_json:
         click.echo(json.dumps(rs, indent=2))
         return
+    click.echo(render_rules(rs))
+
+
+def render_rules(rs: list[dict[str, Any]]) -> str:
+    """One line per rule; with several sites, NOW and WHY say where each group
+    of sites sends the rule's flows (largest first, a line each, a few site
+    names for the smaller groups)."""
     def wan(r: dict[str, Any]) -> str:
         w = r.get("wan", "-")
         text = ",".join(w) if isinstance(w, list) else str(w)
@@ -218,11 +227,27 @@ def rules_list(sock: str, as_json: bool) -> None:
             text += " sla " + (sla if isinstance(sla, str) else
                                ",".join(f"{k}={v:g}" for k, v in sla.items() if isinstance(v, float)))
         return text
-    rows = [[str(i + 1), r["name"], wan(r), str(r.get("fallback", "-")),
-             r.get("summary", ""), str(r["hits"]), str(r.get("now") or "-"), r.get("why", "")]
-            for i, r in enumerate(rs)]
-    click.echo(table(["#", "RULE", "WAN", "FALLBACK", "MATCH", "HITS", "NOW", "WHY"], rows,
-                     right={0, 5}))
+
+    def now_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
+        sites, groups = r.get("sites", []), r.get("groups", [])
+        if len(sites) <= 1:
+            return [(str(r.get("now") or "-"), r.get("why", ""))]
+        out = []
+        for k, g in enumerate(groups):
+            n = len(g["sites"])
+            where = f"{g['now'] or '-'} at {n}/{len(sites)} sites"
+            if k:     # the exceptions: name a few of their sites
+                where += ": " + ", ".join(g["sites"][:3]) + (", ..." if n > 3 else "")
+            out.append((where, g["why"]))
+        return out
+    rows = []
+    for i, r in enumerate(rs):
+        lines = now_lines(r)
+        rows.append([str(i + 1), r["name"], wan(r), str(r.get("fallback", "-")),
+                     r.get("summary", ""), str(r["hits"]), *lines[0]])
+        rows += [[""] * 6 + list(extra) for extra in lines[1:]]
+    return table(["#", "RULE", "WAN", "FALLBACK", "MATCH", "HITS", "NOW", "WHY"], rows,
+                 right={0, 5})
 
 
 @main.group()

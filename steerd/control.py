@@ -2,7 +2,7 @@
 
     {"cmd": "status", "site": name?}           -> {"ok": true, "status": {...}}
     {"cmd": "events", "since": 0, "follow": b} -> {"ok": true, "events": [...]} then one line per event
-    {"cmd": "rules_list"} / {"cmd": "rules_apply", "text": ..., "path": ..., "dry_run": b} / {"cmd": "reload"}
+    {"cmd": "rules_list", "site": NAME (optional)} / {"cmd": "rules_apply", "text": ..., "path": ..., "dry_run": b} / {"cmd": "reload"}
     {"cmd": "tunnel_drain" | "tunnel_undrain", "tunnel": NAME}
 
 The socket is root-owned, mode 0660 with the configured group: members may
@@ -238,7 +238,10 @@ async def handle(daemon, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
         since = float(req.get("since") or 0)
         return {"ok": True, "events": [e.as_dict() for e in daemon.events.since(since)]}
     if cmd == "rules_list":
-        return {"ok": True, "rules": status.rules(daemon)}
+        site = req.get("site")
+        if site is not None and site not in {s.name for s in daemon.cfg.sites}:
+            return {"ok": False, "error": f"no site {site!r} (steerctl status lists them)"}
+        return {"ok": True, "rules": status.rules(daemon, site)}
     if cmd == "rules_apply":
         text, path = req.get("text"), str(req.get("path") or "<steerctl>")
         if not isinstance(text, str):

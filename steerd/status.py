@@ -195,35 +195,67 @@ def build(snap: Snapshot, rd: Readings, site: str | None = None) -> dict[str, An
     return doc
 
 
-def rules(daemon) -> list[dict[str, Any]]:
+def rules(daemon, site: str | None = None) -> list[dict[str, Any]]:
+    """Rules in priority order with their hit counters and, for every site they
+    apply at (only *site*, if given), where their matching flows go now and why
+    (`sites`). `groups` sums the sites up by destination (a hub's 1,000 sites in
+    a line or two); the top-level now/decision/why are the site's when one site
+    is shown, else the largest group's."""
     if not daemon.ruleset:
         return []
     hits = daemon.rulemaps.hits() if daemon.rulemaps else {}
+    c, cfg = daemon.controller, daemon.cfg
+    names = [t.name for t in cfg.tunnels]
+    by_id = {c.tunnel_id(i): n for i, n in enumerate(names)} if c else {}
+    shown = [i for i, st in enumerate(cfg.sites) if site is None or st.name == site]
+    pins = {i: c.wan_tunnels(i) if c else {} for i in shown}
     out = []
     for r in daemon.ruleset.rules:
         d = r.as_dict()
         d["summary"] = " ".join(f"{k} {','.join(map(str, v))}" for k, v in r.match.as_dict().items()) or "any"
         d["hits"] = hits.get(r.name, 0)
-        d.update(_destination(daemon, r))
+        at = [i for i in shown if not r.sites or cfg.sites[i].name in r.sites]
+        d["sites"] = [{"site": cfg.sites[i].name, **_destination(daemon, r, i, pins[i], names, by_id)}
+                      for i in at]
+        d["groups"] = _groups(d["sites"])
+        if len(d["sites"]) == 1:
+            d.update({k: v for k, v in d["sites"][0].items() if k != "site"})
+        elif d["groups"]:
+            g = d["groups"][0]
+            d.update(now=g["now"], decision=g["decision"], why=g["why"])
+        else:
+            d.update(now=None, decision="not here", why="limited to other sites")
         out.append(d)
     return out
 
 
-def _destination(daemon, rule) -> dict[str, Any]:
-    """Where the rule's matching flows go now (a tunnel, "spread" or "drop") and why."""
-    # hub mode: shown for the first site (each site has its own wan row)
-    c = daemon.controller
-    names = [t.name for t in daemon.cfg.tunnels]
-    by_id = {c.tunnel_id(i): n for i, n in enumerate(names)} if c else {}
+def _groups(per_site: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sites by where the rule's flows go (a wan role, spread or drop) and how
+    decided, largest first; `why` is the first site's."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for e in per_site:
+        where = e.get("now_wan") if e["now"] not in (None, "spread", "drop") else e["now"]
+        g = groups.setdefault((str(where), e["decision"]),
+                              {"now": where, "decision": e["decision"], "why": e["why"], "sites": []})
+        g["sites"].append(e["site"])
+    return sorted(groups.values(), key=lambda g: (-len(g["sites"]), str(g["now"])))
+
+
+def _destination(daemon, rule, site: int, pins: dict[str, int | None], names: list[str],
+                 by_id: dict[int, str]) -> dict[str, Any]:
+    """Where the rule's matching flows go now at config site *site* (a tunnel,
+    "spread" or "drop") and why; *pins* is the site's wan -> tunnel id."""
     if rule.quality and daemon.quality is not None:
-        d = daemon.quality.explain(rule.wan_key, names)
+        d = daemon.quality.explain(rule.wan_key, names, site)
     else:
-        t = c.wan_tunnels(0).get(rule.wan) if c else None
+        t = pins.get(rule.wan)
         d = ({"now": by_id[t], "now_wan": rule.wan, "decision": "pinned", "why": f"{rule.wan} is up"}
              if t is not None else {"now": None, "decision": "fallback", "why": f"{rule.wan} down"})
     if d["now"] is None and d["decision"] == "fallback":
         fb = rule.fallback
-        t = c.wan_tunnels(0).get(fb) if fb not in ("auto", "drop") else None
+        t = pins.get(fb) if fb not in ("auto", "drop") else None
         d["now"] = by_id[t] if t is not None else ("drop" if fb == "drop" else "spread")
+        if t is not None:
+            d["now_wan"] = fb
         d["why"] += f"; fallback {fb}"
     return d

@@ -71,3 +71,49 @@ def test_reload_adding_a_site_keeps_the_others(hub):
     after = {k: (list(v.tunnel), list(v.ver)) for k, v in hub.dp.slots.items()}
     assert [after[k] for k in range(3)] == [before[k] for k in range(3)]   # not a slot, not a version
     assert set(after[3][0]) == {18, 19, 20}
+
+
+HUB_RULES = """
+rules:
+  - name: voice
+    match: {proto: udp, dst_port: 5060}
+    wan: wan2
+  - name: backup-only1
+    site: site1
+    match: {proto: tcp, dst_port: 873}
+    wan: wan3
+    fallback: drop
+"""
+
+
+def test_rules_list_explains_every_site(hub):
+    sock = hub.cfg.control_socket
+    assert request(sock, {"cmd": "rules_apply", "text": HUB_RULES, "path": "hub.yaml"})["ok"]
+    hub.apply(*hub.controller.link_state(1, "down", 1.0))       # site0's wan2
+    rs = {r["name"]: r for r in request(sock, {"cmd": "rules_list"})["rules"]}
+    voice = rs["voice"]
+    assert [(e["site"], e["now"], e["decision"]) for e in voice["sites"]] == [
+        ("site0", "spread", "fallback"), ("site1", "s1-pri-wan2", "pinned"),
+        ("site2", "s2-pri-wan2", "pinned")]
+    assert voice["sites"][0]["why"] == "wan2 down; fallback auto"
+    assert [(g["now"], g["sites"]) for g in voice["groups"]] == [
+        ("wan2", ["site1", "site2"]), ("spread", ["site0"])]
+    assert (voice["now"], voice["decision"]) == ("wan2", "pinned")     # the largest group
+    only1 = rs["backup-only1"]
+    assert [(e["site"], e["now"]) for e in only1["sites"]] == [("site1", "s1-pri-wan3")]
+    assert only1["now"] == "s1-pri-wan3" and only1["why"] == "wan3 is up"
+
+    at0 = {r["name"]: r for r in request(sock, {"cmd": "rules_list", "site": "site0"})["rules"]}
+    assert (at0["voice"]["now"], at0["voice"]["why"]) == ("spread", "wan2 down; fallback auto")
+    assert at0["backup-only1"]["sites"] == [] and at0["backup-only1"]["decision"] == "not here"
+    bad = next(request_lines(sock, {"cmd": "rules_list", "site": "nope"}))
+    assert not bad["ok"] and "nope" in bad["error"]
+
+    out = CliRunner().invoke(steerctl, ["--socket", sock, "rules", "list"]).output
+    lines = out.splitlines()
+    voice_line = next(i for i, ln in enumerate(lines) if " voice " in ln)
+    assert "wan2 at 2/3 sites" in lines[voice_line] and "wan2 is up" in lines[voice_line]
+    assert "spread at 1/3 sites: site0" in lines[voice_line + 1]
+    assert "wan2 down; fallback auto" in lines[voice_line + 1]
+    out = CliRunner().invoke(steerctl, ["--socket", sock, "rules", "list", "--site", "site1"]).output
+    assert "s1-pri-wan2" in out and "s1-pri-wan3" in out and "sites" not in out
