@@ -375,7 +375,7 @@ class Daemon:
                      ", ".join(taken))
         for p in self.probers:
             if p.interface in taken:
-                p.rebind()   # SO_BINDTODEVICE holds the old interface's index
+                p.rebind()   # the prober holds the old interface's index
 
     def _transitions(self, i: int, transitions: list, now: float) -> None:
         self.apply_all(self.controller.probed(i, transitions, now))

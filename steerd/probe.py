@@ -273,6 +273,13 @@ class Prober:
     def fileno(self) -> int:
         return self.shared.fileno()
 
+    def rebind(self) -> None:
+        """The interface of that name was recreated (a new index): probes go out
+        through, and replies count from, the new one."""
+        self.ifindex = socket.if_nametoindex(self.interface)
+        if self.version == 6 and self.target.is_link_local:
+            self._dest = (str(self.target), 0, 0, self.ifindex)
+
     def handle_readable(self) -> None:
         self.shared.handle_readable()
 
