@@ -283,13 +283,6 @@ class Prober:
     def handle_readable(self) -> None:
         self.shared.handle_readable()
 
-    def rebind(self) -> None:
-        """Bind to the interface of that name again: it was recreated, and the
-        socket was bound to the old one's index."""
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.interface.encode())
-        if self.version == 6 and self.target.is_link_local:
-            self._dest = (str(self.target), 0, 0, socket.if_nametoindex(self.interface))
-
     def close(self) -> None:
         self.shared.unregister(self)
         if self._own:
