@@ -36,7 +36,8 @@ MIN_SLEEP = 0.001  # scheduler resolution, small against the 15 ms confirmation 
 MAX_SLEEP = 0.25   # HA failback hold and the like are checked at least this often
 PROBE_TIMING_WINDOW = 10.0  # seconds of probe send lateness that status reports
 QUALITY_EVERY = 0.1     # s between quality-rule evaluations in the probe loop (a link change: at once)
-PROBE_SPREAD = 0.0002     # s between tunnels' first probes (3,000 tunnels: 0.6 s, capped at the interval)
+PROBE_SPREAD = 0.0002     # s of spread per tunnel's first probe (3,000 tunnels: 0.6 s, at most the interval)
+PROBE_GROUP = 0.01        # s between groups of first probes (3,000 tunnels: 60 groups of 50)
 FLOW_COUNT_MAX_AGE = 1.0  # seconds a status may show old flow counts (a table walk each)
 
 
@@ -259,11 +260,14 @@ class Daemon:
         from .probe import ProbeSockets
         self.probe_sockets = ProbeSockets(
             on_new=lambda s: loop.add_reader(s.fileno(), self._probe_readable, s))
-        # first probes spread (a hub's thousands of tunnels do not all go in one
-        # loop turn, and keep their phases since the cadence is kept)
-        spread = min(self.cfg.probe.interval, PROBE_SPREAD * len(self.cfg.tunnels))
+        # first probes spread over PROBE_SPREAD per tunnel (a hub's thousands of
+        # tunnels do not all go in one loop turn; the cadence is kept, so are the
+        # phases), in groups PROBE_GROUP apart: one loop turn sends a group
         n = max(1, len(self.cfg.tunnels))
-        self.monitors = [LinkMonitor(t.name, self.cfg.probe, self.cfg.health, now + spread * i / n)
+        spread = min(self.cfg.probe.interval, PROBE_SPREAD * n)
+        groups = max(1, round(spread / PROBE_GROUP))
+        self.monitors = [LinkMonitor(t.name, self.cfg.probe, self.cfg.health,
+                                     now + spread * (i * groups // n) / groups)
                          for i, t in enumerate(self.cfg.tunnels)]
         self.probers = [self._prober(i, t) for i, t in enumerate(self.cfg.tunnels)]
         self.seq = [0] * len(self.cfg.tunnels)
