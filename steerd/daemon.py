@@ -26,7 +26,7 @@ from .dataplane import (Dataplane, KernelDataplane, Layout, cleanup_kernel, load
                         record_layout)
 from .events import EventLog
 from .hooks import HookRunner
-from .rules import CompiledRules, RuleSet
+from .rules import CompiledRules, Limits, RuleSet
 from .rules.image import RuleImage
 from .schedule import WakeQueue
 from .yamlsrc import ValidationError, gc_paused
@@ -51,8 +51,8 @@ class DaemonFailed(RuntimeError):
 
 class Daemon:
     def __init__(self, cfg: SiteConfig, dataplane: Dataplane | None = None, probing: bool = True,
-                 rules: RuleSet | None = None):
-        """*rules*: cfg.rules_file as already read (steerd's main checks it before
+                 rules: stager.StagedRules | None = None):
+        """*rules*: cfg.rules_file as already staged (steerd's main checks it before
         touching the kernel; reading 10,000 rules twice costs ~0.5 s of start)."""
         self.cfg = cfg
         self._start_rules = rules
@@ -683,16 +683,19 @@ class Daemon:
             self.events.emit("config_rejected", f"rules_file {self.cfg.rules_file} does not exist: "
                              "running without rules")
             return
-        ruleset, self._start_rules = self._start_rules or staging.rules_of(self.cfg), None
-        if ruleset is not None:
+        staged, self._start_rules = self._start_rules, None
+        if staged is None and self.cfg.rules_file:
+            staged = stager.stage_file(self.cfg, self.dp.rule_maps().limits)
+        if staged is not None:
             self.rulemaps = self.dp.rule_maps()
+            if staged.image.limits != self.rulemaps.limits:   # main staged for other maps
+                staged = stager.stage_file(self.cfg, self.rulemaps.limits)
+            ruleset = stager.unpack_now(staged.rules, staged.path)
             now = time.monotonic()
             ctl = self._hub(self.cfg, now)
             self._new_quality_plan(ruleset, now, ctl)
-            self.rulemaps.apply(staging.compile_for(ruleset, self.cfg, self.rulemaps.limits),
-                                sites=self.wan_rows(ctl))
-            self.ruleset = ruleset
-            self._rules_packed = stager.pack_rules(ruleset.rules)
+            self.rulemaps.apply(staged.image, sites=self.wan_rows(ctl))
+            self.ruleset, self._rules_packed = ruleset, staged.rules
 
     def set_drained(self, name: str, on: bool) -> dict:
         """`steerctl tunnel drain|undrain NAME`: the controller moves the flows,
@@ -998,11 +1001,16 @@ def main(argv: list[str] | None = None) -> None:
         # refused here, before the kernel is touched, with the config's message
         # (the daemon puts these rules into the maps before the program attaches)
         try:
-            rules = staging.rules_of(cfg)
+            # the maps a daemon loads always have the default capacities
+            rules = stager.stage_file(cfg, Limits())
         except ValidationError as exc:
             print(f"steerd: refusing to start, {len(exc.problems)} problem(s) in rules file:\n{exc}",
                   file=sys.stderr)
             sys.exit(2)
+        except stager.StagingFailed as exc:
+            print(f"steerd: refusing to start, rules file {cfg.rules_file} not staged: {exc}",
+                  file=sys.stderr)
+            sys.exit(1)
     if a.cleanup:
         cleanup(Layout.from_config(cfg, _recorded_layout(cfg)), state_path(cfg))
         return

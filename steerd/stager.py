@@ -23,6 +23,7 @@ import asyncio
 import gc
 import os
 import pickle
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,8 @@ async def unpack_rules(chunks: RulesPickle, path: str) -> RuleSet:
     return RuleSet(tuple(rules), path)
 
 
-def _unpack_now(chunks: RulesPickle | None, path: str) -> RuleSet:
+def unpack_now(chunks: RulesPickle | None, path: str) -> RuleSet:
+    """The RuleSet of *chunks* at once (before the daemon's loop runs)."""
     rules: list[Rule] = []
     for chunk in chunks or ():
         rules.extend(pickle.loads(chunk))
@@ -99,6 +101,11 @@ def _unpack_now(chunks: RulesPickle | None, path: str) -> RuleSet:
 def _input_bytes(req: dict[str, Any]) -> int:
     if req["op"] == "rules":
         return len(req["text"])
+    if req["op"] == "file":
+        try:
+            return os.stat(req["cfg"].rules_file).st_size
+        except OSError:
+            return 0
     total = 0
     for path in (req["path"], req["running"].rules_file):   # the new config names its own
         try:                                                # rules file: a guess that
@@ -129,10 +136,34 @@ async def _in_child(request: dict[str, Any], timeout: float) -> tuple[bool, Any]
             proc.kill()
             await proc.wait()
         raise
-    if proc.returncode != 0 or not out:
-        raise StagingFailed(f"staging child exited with {proc.returncode} without an answer "
+    return _decoded(proc.returncode, out)
+
+
+def _decoded(returncode: int | None, out: bytes) -> tuple[bool, Any]:
+    if returncode != 0 or not out:
+        raise StagingFailed(f"staging child exited with {returncode} without an answer "
                             "(its error is in the daemon's log)")
     return pickle.loads(out)
+
+
+def stage_file(cfg: SiteConfig, limits: Limits, timeout: float = TIMEOUT_S) -> StagedRules | None:
+    """cfg.rules_file staged (None: the config has none), before the daemon's
+    loop runs: its start. A big file is staged by a child all the same, so
+    that its parse tree and the compiler's objects (~200 MB at 10,000 rules)
+    never enter the daemon's heap, which glibc would not give all back."""
+    req = {"op": "file", "cfg": cfg, "limits": limits, "nice": 0}
+    if _input_bytes(req) < CHILD_MIN_BYTES:
+        ok, value = _outcome(req)
+    else:
+        try:
+            res = subprocess.run(CHILD, input=pickle.dumps(req, protocol=5),
+                                 stdout=subprocess.PIPE, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise StagingFailed(f"staging child did not answer in {timeout:g} s") from exc
+        ok, value = _decoded(res.returncode, res.stdout)
+    if not ok:
+        raise ValidationError(value)
+    return value
 
 
 async def stage_rules(text: str, path: str, cfg: SiteConfig, limits: Limits,
@@ -160,9 +191,12 @@ def _answer(req: dict[str, Any]) -> Any:
     if req["op"] == "rules":
         new = staging.parse_rules_for(req["text"], req["path"], req["cfg"])
         staged = _staged(new, req["cfg"], req["limits"])
-        d = diff(_unpack_now(req["old"], req["path"]), new)
+        d = diff(unpack_now(req["old"], req["path"]), new)
         return staged, DiffText(d.as_dict(), d.render(), len(d.added), len(d.removed),
                                 len(d.changed))
+    if req["op"] == "file":
+        ruleset = staging.rules_of(req["cfg"])
+        return _staged(ruleset, req["cfg"], req["limits"]) if ruleset is not None else None
     if req["op"] == "config":
         st = staging.stage_config(req["path"], req["running"], req["limits"])
         if st.ruleset is None or st.compiled is None:
@@ -184,9 +218,10 @@ def main() -> None:
     """The child: one request from stdin, its outcome to stdout; anything else
     is a crash (exit 1, the traceback on stderr: the daemon's log)."""
     gc.disable()         # ~10^6 objects, all alive until the answer is written; then exit
-    # on a busy host the daemon's loop (15 ms confirmation probes) comes first
-    os.nice(CHILD_NICE)
     req = pickle.load(sys.stdin.buffer)
+    # on a busy host the daemon's loop (15 ms confirmation probes) comes first;
+    # at start no loop runs yet: full speed
+    os.nice(req.get("nice", CHILD_NICE))
     sys.stdout.buffer.write(pickle.dumps(_outcome(req), protocol=5))
     sys.stdout.buffer.flush()
 

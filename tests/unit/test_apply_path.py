@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from steerd import daemon as daemon_mod
 from steerd import stager
 from steerd.config import parse_config
@@ -37,6 +39,44 @@ def test_start_reads_the_rules_file_once(tmp_path, monkeypatch):
     d = started[0]
     assert [r.name for r in d.ruleset.rules] == [f"r{i}" for i in range(50)]
     assert d.rulemaps.installed.nrules == 50
+
+
+def test_start_stages_a_big_rules_file_in_a_child(tmp_path, monkeypatch):
+    """Over CHILD_MIN_BYTES (0 here) the start's rules are parsed and compiled by
+    a child: the daemon's process never reads the file, yet installs its rules."""
+    monkeypatch.setattr(stager, "CHILD_MIN_BYTES", 0)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text(50))
+    path = write(tmp_path, base_config(tmp_path, rules_file=str(rules)))
+    reads: list[str] = []
+    real = parse.read_text
+    monkeypatch.setattr(parse, "read_text", lambda p, what: reads.append(p) or real(p, what))
+    started: list[Daemon] = []
+
+    async def start_only(self: Daemon) -> None:
+        self.dp.start(self._rules_before_attach)
+        started.append(self)
+
+    monkeypatch.setattr(daemon_mod, "KernelDataplane", FakeDataplane)
+    monkeypatch.setattr(Daemon, "run", start_only)
+    daemon_mod.main(["--config", path, "--no-probe"])
+    assert reads == []
+    d = started[0]
+    assert [r.name for r in d.ruleset.rules] == [f"r{i}" for i in range(50)]
+    assert d.rulemaps.installed.names == tuple(f"r{i}" for i in range(50))
+
+
+def test_start_refuses_a_bad_rules_file_staged_in_a_child(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(stager, "CHILD_MIN_BYTES", 0)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules_bad_wan(5))
+    path = write(tmp_path, base_config(tmp_path, rules_file=str(rules)))
+    monkeypatch.setattr(daemon_mod, "KernelDataplane", FakeDataplane)
+    with pytest.raises(SystemExit) as exc:
+        daemon_mod.main(["--config", path, "--no-probe"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and f"{rules}:2" in err and "wan9" in err
 
 
 def _rules_bad_wan(n: int) -> str:
@@ -99,5 +139,5 @@ def test_the_child_stages_what_a_thread_stages(tmp_path):
     ok2, (staged2, d2) = asyncio.run(stager._in_child(req, 60))
     assert ok and ok2
     assert staged.image == staged2.image and staged.nrules == staged2.nrules == 25
-    assert stager._unpack_now(staged.rules, "x") == stager._unpack_now(staged2.rules, "x")
+    assert stager.unpack_now(staged.rules, "x") == stager.unpack_now(staged2.rules, "x")
     assert d == d2 and d.added == 5
