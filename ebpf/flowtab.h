@@ -24,7 +24,7 @@ struct flow_val {
     u32 ver;             /* slot version when the flow was placed */
     u64 last_ns;         /* CLOCK_MONOTONIC, refreshed about once a second */
     u32 slot;            /* lets the daemon count live flows per slot */
-    u32 pad;
+    u32 kept;            /* 1: seen first coming up a tunnel (arrival.h): stays there while it is up */
 };
 
 /* Named flowtab since the key became the flow id: a pinned map keeps its

@@ -70,6 +70,7 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, misc, 4, PIN(misc));
 #include "rules.h"
 #endif
 #include "dup.h"
+#include "arrival.h"
 
 /* The parsed packet. Parsed straight into a map value, not onto the stack:
  * the verifier knows nothing of a value read from a map, so the rule search
@@ -147,7 +148,7 @@ static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *c
 
     u64 now = now_ns();
     struct flow_val *fv = flowtab.lookup(&fk);
-    if (fv && fv->ver == sl->ver && flow_age(fv, now) < (s64)cfg->flow_idle_ns &&
+    if (fv && (fv->ver == sl->ver || fv->kept) && flow_age(fv, now) < (s64)cfg->flow_idle_ns &&
         tunnel_up(fv->tunnel)) {
         /* refresh at most every ~second: a write per packet costs cache lines */
         if (flow_age(fv, now) > 1000000000ll)

@@ -137,6 +137,8 @@ class Site:
     tunnels: tuple[Tunnel, ...]
     failback_hold: float = 30.0
     line: int = 0
+    # downstream packets of a flow the site opened go back on the tunnel it came up
+    reply_on_arrival_tunnel: bool = False
 
     @property
     def ranges(self) -> list[Network]:
@@ -175,6 +177,7 @@ class SiteConfig:
     hooks: tuple[Hook, ...] = ()
     # quality classes the rules name (`sla: realtime`): class name -> limits
     sla_classes: dict[str, SlaLimits] = field(default_factory=dict, hash=False)
+    reply_on_arrival_tunnel: bool = False   # every site's default (hub: a site may override)
     ipsec: IpsecConfig | None = None  # the `ipsec:` section (steerd.ipsec)
     # Hub mode (config form B): the sites; `tunnels` and `network_ranges` above
     # are then every site's, in order. The single-site form is one site made
@@ -184,7 +187,8 @@ class SiteConfig:
     def __post_init__(self) -> None:
         if not self.sites:
             object.__setattr__(self, "sites", (Site(self.site, self.network_ranges, self.tunnels,
-                                                    self.failback_hold),))
+                                                    self.failback_hold,
+                                                    reply_on_arrival_tunnel=self.reply_on_arrival_tunnel),))
         # tunnel index (position in `tunnels`) -> (site index, position within the site)
         where = tuple((si, pos) for si, st in enumerate(self.sites) for pos in range(len(st.tunnels)))
         object.__setattr__(self, "_where", where)
@@ -578,10 +582,17 @@ def _sub(fields: dict[str, Field], cls: type | None = None) -> Conv:
 _FLATTENED = ("metrics", "events", "qos")
 
 
+def _boolean(ck: Checker, node: Node, key: str) -> Any:
+    v = node.value
+    return v if node.tag == "scalar" and isinstance(v, bool) else \
+        ck.fail(node, key, node.plain(), "true or false")
+
+
 _SITE = {
     "site": Field(plain_name, required=True),
     "network_ranges": Field(_network_ranges),
     "failback_hold": Field(duration(0.0, 3600.0)),
+    "reply_on_arrival_tunnel": Field(_boolean),
     "tunnels": Field(_tunnels, required=True),
 }
 
@@ -600,7 +611,8 @@ def _sites(ck: Checker, node: Node, key: str) -> Any:
     if len(checked) != len(node.value) or any(BAD in v.values() for _, _, v in checked):
         return BAD
     return tuple(Site(v["site"], v.get("network_ranges", ()), v["tunnels"],
-                      v.get("failback_hold", BAD), line=item.line)
+                      v.get("failback_hold", BAD), line=item.line,
+                      reply_on_arrival_tunnel=v.get("reply_on_arrival_tunnel", None))
                  for _, item, v in checked)
 
 
@@ -714,6 +726,7 @@ _TOP = {
     "ipsec": Field(lambda ck, node, key: node),
     "hooks": Field(_hooks),
     "sla_classes": Field(_sla_classes),
+    "reply_on_arrival_tunnel": Field(_boolean),
 }
 
 
@@ -777,6 +790,9 @@ def _resolve_form(ck: Checker, root: Node, values: dict[str, Any]) -> None:
     hold = values.get("failback_hold", 30.0)
     sites = tuple(st if st.failback_hold is not BAD else replace(st, failback_hold=hold)
                   for st in sites)
+    arrival = values.get("reply_on_arrival_tunnel", False)
+    sites = tuple(st if st.reply_on_arrival_tunnel is not None
+                  else replace(st, reply_on_arrival_tunnel=arrival) for st in sites)
     values["sites"] = sites
     values["site"] = sites[0].name if len(sites) == 1 else ""
     values["tunnels"] = tuple(t for st in sites for t in st.tunnels)

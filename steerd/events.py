@@ -24,7 +24,8 @@ log = logging.getLogger("steerd.events")
 
 TYPES = ("link_down", "link_up", "link_degraded", "ha_failover", "ha_failback", "all_down",
          "rules_applied", "rebalance", "config_reloaded", "config_rejected", "reload_failed",
-         "loop_error", "started", "sa_installed", "qos_failed", "sla_violation", "sla_restored")
+         "loop_error", "started", "sa_installed", "qos_failed", "sla_violation", "sla_restored",
+         "duplication_on", "duplication_off")
 FILE_MAX_BYTES = 16 << 20   # then the file is renamed to <file>.1 (one old generation kept)
 ERROR_LOG_INTERVAL = 60.0
 

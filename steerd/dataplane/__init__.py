@@ -16,7 +16,7 @@ from array import array
 from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
-from . import duplicate, qos, routes, tc, upstream
+from . import arrival, duplicate, qos, routes, tc, upstream
 from ..abi import MAX_TUNNELS, NO_TUNNEL, SteerCfg
 from .program import TUNNELS_PER_SITE, Classifier, ProgramParams, remove_pins, tunnel_ids
 
@@ -44,6 +44,7 @@ class SiteSpec:
     name: str
     id: int
     ranges: tuple[Network, ...]
+    reply_on_arrival: bool = False   # reply_on_arrival_tunnel: its tunnels record arrivals
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Layout:
                                  dp.table_of(cfg.position_of(i)), ids[cfg.site_of(i)],
                                  ids[cfg.site_of(i)] * TUNNELS_PER_SITE + cfg.position_of(i))
                       for i, t in enumerate(cfg.tunnels))
-        sites = tuple(SiteSpec(st.name, sid, tuple(st.ranges)) for st, sid in zip(cfg.sites, ids))
+        sites = tuple(SiteSpec(st.name, sid, tuple(st.ranges), st.reply_on_arrival_tunnel)
+                      for st, sid in zip(cfg.sites, ids))
         return cls(tuple(cfg.ingress), tuple(cfg.ranges), specs, dp.mark_mask, dp.rule_priority,
                    dp.slots, dp.flow_table_size, dp.flow_idle_timeout, dp.bpffs, sites,
                    dp.max_sites)
@@ -133,7 +135,8 @@ def _layout_of(doc: dict) -> Layout:
     doc["ranges"] = tuple(ipaddress.ip_network(n) for n in doc["ranges"])
     doc["tunnels"] = tuple(TunnelSpec(**t) for t in doc["tunnels"])
     doc["ingress"] = tuple(doc["ingress"])
-    doc["sites"] = tuple(SiteSpec(s["name"], s["id"], tuple(ipaddress.ip_network(n) for n in s["ranges"]))
+    doc["sites"] = tuple(SiteSpec(s["name"], s["id"], tuple(ipaddress.ip_network(n) for n in s["ranges"]),
+                                  s.get("reply_on_arrival", False))
                          for s in doc.get("sites", ()))
     return Layout(**doc)
 
@@ -213,6 +216,7 @@ class KernelDataplane:
         self.upstream: upstream.UpstreamCounter | None = None
         self.duplicator: duplicate.Duplicator | None = None
         self._routes_due: set[str] = set()     # recreated tunnel interfaces whose routes wait
+        self.arrival_on: set[str] = set()   # tunnel interfaces with the arrival recorder
         self._rule_maps = None
 
     def rule_maps(self):
@@ -242,6 +246,7 @@ class KernelDataplane:
         self.slots = {s.id: (adopted or {}).get(s.id) or SlotTable(list(fresh.tunnel), list(fresh.ver))
                       for s in lay.sites}
         self.duplicator = duplicate.Duplicator(self.prog, self._tunnel_interfaces())
+        self._sync_arrival()
         if before_attach:
             before_attach(self.prog)
         for ifname in lay.ingress:
@@ -251,6 +256,13 @@ class KernelDataplane:
                  ",".join(lay.ingress), len(lay.sites), len(lay.tunnels), lay.nslots,
                  " (adopted pinned state)" if adopted else "")
         return adopted
+
+    def _sync_arrival(self) -> None:
+        """The arrival recorder on the tunnels of the sites with reply_on_arrival_tunnel."""
+        on = {s.id for s in self.layout.sites if s.reply_on_arrival}
+        wanted = {t.tid: t.interface for t in self.layout.tunnels if t.site in on}
+        if wanted or self.arrival_on:
+            self.arrival_on = arrival.sync(self.prog, wanted, self.arrival_on)
 
     # -- duplication (ebpf/dup.h, dataplane/duplicate.py) ----------------------
     def dup_value(self, site: int, key: str, tunnel: int, copy: int) -> int | None:
@@ -412,6 +424,7 @@ class KernelDataplane:
             self.upstream.set_interfaces(self._tunnel_interfaces())
         if self.duplicator:
             self.duplicator.set_interfaces(self._tunnel_interfaces())
+        self._sync_arrival()
 
     def set_qos(self, caps: list[float | None], priorities: set[int], default_priority: int) -> None:
         """HTB caps with priority bands on capped tunnels' egress; none elsewhere.
@@ -552,8 +565,10 @@ def cleanup_kernel(layout: Layout) -> dict[str, int]:
     pins = remove_pins(layout.pin_dir)
     counters = upstream.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
     dups = duplicate.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
+    arrivals = arrival.detach([t.interface for t in layout.tunnels if _exists(t.interface)])
     return {"filters": filters, "upstream_filters": counters, "dup_filters": dups,
-            "shapers": shapers, "rules_and_routes": removed_routes, "pinned_maps": len(pins)}
+            "arrival_filters": arrivals, "shapers": shapers, "rules_and_routes": removed_routes,
+            "pinned_maps": len(pins)}
 
 
 def _exists(ifname: str) -> bool:

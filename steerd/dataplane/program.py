@@ -102,6 +102,8 @@ class Classifier:
         self.qos_fd: int = self.bpf.load_func("qos_classify", BPF.SCHED_CLS).fd
         # tunnel egress while a rule duplicates (ebpf/dup.h)
         self.dup_fd: int = self.bpf.load_func("dup_egress", BPF.SCHED_CLS).fd
+        # tunnel ingress of the sites with reply_on_arrival_tunnel (ebpf/arrival.h)
+        self.arrival_fd: int = self.bpf.load_func("record_arrival", BPF.SCHED_CLS).fd
         _release_compiler_heap()
 
     def table(self, name: str):

@@ -6,7 +6,8 @@ filter (restart, upgrade) swaps the program atomically: packets never see
 the interface without a classifier. The classifier sits on the ingress
 interfaces; the upstream counter (dataplane/upstream.py) on the tunnels, in
 its own priority band (UPSTREAM_PRIO) so the two never replace each other;
-the duplication filter (dataplane/duplicate.py) on the tunnels' egress (DUP_PRIO).
+the duplication filter (dataplane/duplicate.py) on the tunnels' egress (DUP_PRIO),
+the arrival recorder (dataplane/arrival.py) on their ingress (ARRIVAL_PRIO).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ UPSTREAM_PRIO = FILTER_PRIO - 1
 UPSTREAM_NAME = "steerd-upstream"
 DUP_PRIO = FILTER_PRIO - 2
 DUP_NAME = "steerd-dup"
+ARRIVAL_PRIO = FILTER_PRIO - 3
+ARRIVAL_NAME = "steerd-arrival"
 
 
 def _ifindex(ipr: IPRoute, ifname: str) -> int:

@@ -5,6 +5,10 @@ counted at the site as unique packets delivered and copies per tunnel.
     python -m steerd.lab.seqflow recv --port 5004            (site ns; prints JSON at SIGTERM)
     python -m steerd.lab.seqflow send --to 10.20.5.1 --to 10.20.6.1 --port 5004 \\
         --pps 50 --duration 30                              (core ns; one flow per --to)
+    python -m steerd.lab.seqflow echo --port 7                (core ns: answers every datagram)
+    python -m steerd.lab.seqflow open --src 10.20.200.0/24 --flows 40 --to 10.99.0.2 --port 7
+        (site ns: flows opened from the site, one per source address; prints where the
+        replies arrived, per flow)
 
 and a random dropper for the data path (netem is not in this kernel): nftables
 in the site namespace drops a share of what arrives through one tunnel for
@@ -87,6 +91,54 @@ class SeqReceiver:
                          "bytes": dict(self.bytes[f])} for f in sorted(self.seen)}
 
 
+def echo(port: int) -> None:
+    """Answer every datagram to its sender (until killed)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+
+
+def open_flows(src: str, flows: int, dst: str, port: int, count: int, gap: float) -> dict[int, dict[str, int]]:
+    """Flows opened from the site: flow i from the i-th address of *src*, *count*
+    datagrams each; returns per flow the interfaces its replies arrived on."""
+    import ipaddress
+    base = int(ipaddress.ip_network(src).network_address) + 1
+    socks = []
+    for i in range(flows):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.bind((str(ipaddress.ip_address(base + i)), 0))
+        socks.append(s)
+    got: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    names: dict[int, str] = {}
+    for k in range(count):
+        for i, s in enumerate(socks):
+            s.sendto(HEADER.pack(i, k), (dst, port))
+        deadline = time.monotonic() + gap
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(socks, [], [], left)
+            for s in ready:
+                data, anc, _, _ = s.recvmsg(2048, 64)
+                idx = next((struct.unpack("i", v[:4])[0] for lvl, typ, v in anc
+                            if (lvl, typ) == (socket.IPPROTO_IP, IP_PKTINFO)), 0)
+                if idx not in names:
+                    names[idx] = socket.if_indextoname(idx) if idx else "?"
+                got[HEADER.unpack_from(data)[0]][names[idx]] += 1
+    return {f: dict(v) for f, v in got.items()}
+
+
+def opened_from_site(lab: Lab, src: str, flows: int, dst: str, port: int, count: int = 5,
+                     gap: float = 0.2) -> dict[int, dict[str, int]]:
+    """Run :func:`open_flows` in the site namespace."""
+    cmd = [sys.executable, "-m", "steerd.lab.seqflow", "open", "--src", src, "--flows", str(flows),
+           "--to", dst, "--port", str(port), "--count", str(count), "--gap", str(gap)]
+    p = ns_popen(lab.site, cmd, stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=count * gap + 60)
+    return {int(k): v for k, v in json.loads(out).items()}
+
+
 def set_loss(lab: Lab, tunnel: str, dsts: list[str], loss_pct: float) -> None:
     """Drop *loss_pct* % (100: all) of the packets to *dsts* arriving at the site
     through *tunnel*, at random; 0 removes the rule."""
@@ -134,6 +186,15 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("recv")
     r.add_argument("--port", type=int, default=5004)
+    e = sub.add_parser("echo")
+    e.add_argument("--port", type=int, default=7)
+    o = sub.add_parser("open")
+    o.add_argument("--src", required=True)
+    o.add_argument("--flows", type=int, default=40)
+    o.add_argument("--to", required=True)
+    o.add_argument("--port", type=int, default=7)
+    o.add_argument("--count", type=int, default=5)
+    o.add_argument("--gap", type=float, default=0.2)
     s = sub.add_parser("send")
     s.add_argument("--to", action="append", required=True)
     s.add_argument("--port", type=int, default=5004)
@@ -142,6 +203,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "send":
         print(json.dumps(send(a.to, a.port, a.pps, a.duration)))
+        return
+    if a.cmd == "echo":
+        echo(a.port)
+        return
+    if a.cmd == "open":
+        print(json.dumps(open_flows(a.src, a.flows, a.to, a.port, a.count, a.gap)))
         return
     rx = SeqReceiver(a.port)
     stop = [False]
