@@ -313,6 +313,10 @@ class KernelDataplane:
         if seen is None or any(before.get(n) != i for n, i in seen.items() if n in names):
             self.upstream.set_interfaces(self._tunnel_interfaces())
             taken = sorted(n for n, i in self.upstream.counted.values() if before.get(n) != i)
+            if taken:   # their duplication and arrival filters died with the old interfaces
+                self.duplicator.relinked(taken)
+                self.arrival_on -= set(taken)
+                self._sync_arrival()
         self._routes_due = (self._routes_due | set(taken)) & names
         if self._routes_due and (seen is None or self._routes_due & set(seen)):
             lay = self.layout

@@ -78,6 +78,7 @@ class Duplicator:
         self.prog = prog
         self.interfaces = dict(interfaces)      # tunnel id -> interface name
         self.index: dict[tuple[int, str], int] = {}    # (site id, wan_key) -> dup_tab index
+        self.pairs: dict[int, tuple[int, int]] = {}     # index -> (tunnel, copy) it was made for
         self.written: dict[int, bytes] = {}
         self.attached: set[str] = set()
         self.warned: set[tuple[str, str]] = set()
@@ -113,6 +114,7 @@ class Duplicator:
                 return None
             self.index[site, key] = idx
             self._zero(idx)
+        self.pairs[idx] = (tunnel, copy)
         raw = bytes(e)
         if self.written.get(idx) != raw:
             self.prog.table("dup_tab")[ct.c_uint32(idx)] = e
@@ -133,9 +135,21 @@ class Duplicator:
             idx = self.index.pop(k)
             self.prog.table("dup_tab")[ct.c_uint32(idx)] = DupEntry()
             self.written.pop(idx, None)
+            self.pairs.pop(idx, None)
         if not self.index and self.attached:
             _TC_THREAD.submit(detach, sorted(self.attached)).result()
             self.attached = set()
+
+    def relinked(self, interfaces: list[str]) -> None:
+        """Tunnel interfaces were created again (new ifindex, no filters): the
+        egress filter goes back on them and every entry is rewritten from the
+        links as they are now."""
+        if self.attached:
+            self.attached -= set(interfaces)
+            self._attach()
+        for (site, key), idx in list(self.index.items()):
+            tunnel, copy = self.pairs[idx]
+            self.value(site, key, tunnel, copy)
 
     def counts(self) -> dict[tuple[int, str], tuple[int, int]]:
         """Copies sent (packets, bytes) per (site id, wan_key), this daemon's life."""

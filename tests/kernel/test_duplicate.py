@@ -112,3 +112,18 @@ def test_copy_follows_the_next_best_tunnel_and_stops_without_one(lab, start_stee
     rx = start_receiver(lab, PORT)
     sent = send_flows(lab, [VOICE], PORT, pps=50, duration=1.0)
     assert collect(rx)[0]["packets"] == {"gw-p1": sent[0]}
+
+
+def test_a_recreated_tunnel_interface_gets_its_copies_back(lab, start_steerd):
+    """An IKE restart can recreate an XFRM interface (new ifindex, no filters): the
+    link event puts the duplication filter back and the entry names the new interface."""
+    start(lab, start_steerd)
+    lab.recreate("pri-wan1")
+    assert wait_for(lambda: dup_filter(lab, "tun-p1"), 5), "no duplication filter on the new tun-p1"
+
+    def voice():
+        return {r["name"]: r for r in request(lab.socket, {"cmd": "rules_list"})["rules"]}["voice"]
+    assert wait_for(lambda: voice()["now"] == "pri-wan1" and voice()["copy"] == "pri-wan2", 30), voice()
+    rx = start_receiver(lab, PORT)
+    sent = send_flows(lab, [VOICE], PORT, pps=50, duration=1.0)
+    assert collect(rx)[0]["packets"] == {"gw-p1": sent[0], "gw-p2": sent[0]}
