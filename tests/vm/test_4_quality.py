@@ -57,6 +57,11 @@ def _esp_out(vm_lab, lk: vmlab.Link) -> int:
 
 
 def test_duplicated_class_arrives_over_both_xfrm_tunnels(vm_lab, steerd):
+    primaries = {lk.name for lk in vmlab.LINKS if lk.role == "primary"}
+    deadline = time.monotonic() + 60
+    while {t["name"] for t in steerd.status()["tunnels"] if t["state"] == "up"} < primaries:
+        assert time.monotonic() < deadline, f"primaries not up: {steerd.status()['tunnels']}"
+        time.sleep(0.5)
     reply = request(vm_lab.socket, {"cmd": "rules_apply", "text": RULES, "path": "vm-dup.yaml"})
     assert reply["ok"], reply
     try:
@@ -66,12 +71,12 @@ def test_duplicated_class_arrives_over_both_xfrm_tunnels(vm_lab, steerd):
             if voice.get("copy") or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert voice["now"] == vmlab.link("p1").name and voice["copy"] == vmlab.link("p2").name, voice
-        esp_before = _esp_out(vm_lab, vmlab.link("p2"))
+        assert voice["now"] == vmlab.link("ipsec1").name and voice["copy"] == vmlab.link("ipsec2").name, voice
+        esp_before = _esp_out(vm_lab, vmlab.link("ipsec2"))
         rx = start_receiver(vm_lab, PORT)
         sent = send_flows(vm_lab, [VOICE, PLAIN], PORT, pps=50, duration=4.0)
         got = collect(rx)
-        esp_copies = _esp_out(vm_lab, vmlab.link("p2")) - esp_before
+        esp_copies = _esp_out(vm_lab, vmlab.link("ipsec2")) - esp_before
     finally:
         request(vm_lab.socket, {"cmd": "rules_apply", "text": "rules: []\n", "path": "vm-dup.yaml"})
     voice, plain = got.get(0, {}), got.get(1, {})
@@ -79,7 +84,7 @@ def test_duplicated_class_arrives_over_both_xfrm_tunnels(vm_lab, steerd):
              f"voice {voice.get('unique')}/{sent[0]} unique, per tunnel {voice.get('packets')}; "
              f"plain {plain.get('unique')}/{sent[1]}, per tunnel {plain.get('packets')}; "
              f"ESP packets out on ipsec2's SA during the run: {esp_copies}")
-    p1, p2 = vmlab.link("p1").xfrm, vmlab.link("p2").xfrm
+    p1, p2 = vmlab.link("ipsec1").xfrm, vmlab.link("ipsec2").xfrm
     # emulation may lose a packet or two in the guest: every packet once, nearly all twice
     assert voice["unique"] >= sent[0] * 0.99
     assert set(voice["packets"]) == {p1, p2} and voice["packets"][p2] >= sent[0] * 0.99
