@@ -462,6 +462,8 @@ class QualityPlan:
         if wan_key in self.dups:
             copy = self.copy.get((site, wan_key))
             out["copy"] = names[copy.tunnel] if copy is not None else None
+            if copy is not None:
+                out["why"] += f"; a copy of each packet on {names[copy.tunnel]}"
         return out
 
     def sla_states(self) -> list[tuple[str, str, bool]]:

@@ -139,6 +139,8 @@ def test_plan_copies_always_or_per_loss_threshold_with_an_off_hold():
     assert plan.resolved() == {voice.wan_key: 0, rtp.wan_key: 0}
     assert plan.copies() == {voice.wan_key: 1}
     assert plan.explain(voice.wan_key, ["t1", "t2", "t3"])["copy"] == "t2"
+    assert plan.explain(voice.wan_key, ["t1", "t2", "t3"])["why"].endswith(
+        "; a copy of each packet on t2")
     assert plan.explain(rtp.wan_key, ["t1", "t2", "t3"])["copy"] is None
     # loss over 5 %: rtp copies at once, onto its next listed WAN
     assert plan.decide(views(0.1, 0.03), ACTIVE, 0, 1.0)
