@@ -126,15 +126,21 @@ async def _run(request: dict[str, Any], timeout: float = TIMEOUT_S) -> Any:
 
 
 async def _in_child(request: dict[str, Any], timeout: float) -> tuple[bool, Any]:
-    proc = await asyncio.create_subprocess_exec(*CHILD, stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.PIPE)
+    try:
+        proc = await asyncio.create_subprocess_exec(*CHILD, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE)
+    except OSError as exc:      # fork refused (memory, process limit)
+        raise StagingFailed(f"staging child not started: {exc}") from exc
     try:
         out, _ = await asyncio.wait_for(proc.communicate(pickle.dumps(request, protocol=5)),
                                         timeout)
-    except BaseException:       # a timeout, or the daemon stopping meanwhile
+    except BaseException as exc:    # a timeout, or the daemon stopping meanwhile
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if isinstance(exc, TimeoutError):   # said as such: the control socket drops a
+            raise StagingFailed(            # TimeoutError's request without a reply
+                f"staging child did not answer in {timeout:g} s (killed)") from exc
         raise
     return _decoded(proc.returncode, out)
 

@@ -3,6 +3,7 @@ the event loop. The daemon runs on the fake data path."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
@@ -141,3 +142,47 @@ def test_the_child_stages_what_a_thread_stages(tmp_path):
     assert staged.image == staged2.image and staged.nrules == staged2.nrules == 25
     assert stager.unpack_now(staged.rules, "x") == stager.unpack_now(staged2.rules, "x")
     assert d == d2 and d.added == 5
+
+
+def _children_of(pid: int) -> list[int]:
+    """Processes whose parent is *pid* (zombies included: they still have a /proc entry)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_hung_child_is_killed_and_steerctl_is_told(tmp_path, monkeypatch):
+    """A staging child that never answers is killed and reaped at the timeout;
+    apply and reload answer with a clear error (not a closed connection) and
+    change nothing."""
+    monkeypatch.setattr(stager, "CHILD_MIN_BYTES", 0)
+    raw = base_config(tmp_path)
+
+    async def scenario():
+        async with running(tmp_path, raw) as d:
+            r = await d.rules_apply(rules_text(5), "a.yaml", dry_run=False)
+            assert r["ok"], r
+            gen, before = d.rulemaps.generation, _children_of(os.getpid())
+            real = stager._in_child
+            monkeypatch.setattr(stager, "_in_child", lambda req, timeout: real(req, 0.5))
+            monkeypatch.setattr(stager, "CHILD", (sys.executable, "-c",
+                                                  "import time; time.sleep(60)"))
+            r = await d.rules_apply(rules_text(9), "b.yaml", dry_run=False)
+            assert not r["ok"], r
+            assert "nothing changed" in r["error"] and "did not answer in 0.5 s" in r["error"]
+            (tmp_path / "rules.yaml").write_text(rules_text(7))
+            write(tmp_path, dict(raw, rules_file=str(tmp_path / "rules.yaml")))
+            r = await d.reload()
+            assert not r["ok"] and "did not answer in 0.5 s" in r["error"], r
+            assert d.rulemaps.generation == gen and len(d.ruleset.rules) == 5
+            assert d.ruleset.path == "a.yaml"
+            assert _children_of(os.getpid()) == before
+    asyncio.run(scenario())
