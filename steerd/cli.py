@@ -226,6 +226,10 @@ def render_rules(rs: list[dict[str, Any]]) -> str:
         if sla is not None:
             text += " sla " + (sla if isinstance(sla, str) else
                                ",".join(f"{k}={v:g}" for k, v in sla.items() if isinstance(v, float)))
+        dup = r.get("duplicate")
+        if dup:
+            text += " duplicate" + (f" when loss > {dup['when_loss_above']}"
+                                    if isinstance(dup, dict) else "")
         return text
 
     def now_lines(r: dict[str, Any]) -> list[tuple[str, str]]:

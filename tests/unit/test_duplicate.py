@@ -204,3 +204,27 @@ def test_entry_for_each_pair_of_link_kinds():
     assert entry_for(0, xfrm1, 1, veth2) is None          # no header to copy onto Ethernet
     assert entry_for(0, veth1, 1, arp) is None            # an ARP neighbour is not known here
     assert DUP_FLAG > 6 * 65536                            # above every tunnel id
+
+
+def test_rules_list_table_shows_duplication_and_the_copy(tmp_path):
+    """`steerctl rules list` in a terminal says which rules duplicate (and from
+    which loss on), copying now or not, not only its --json."""
+    from steerd.cli import render_rules, request
+    from steerd.lab.topology import Lab
+    from tests.unit.test_control import running_daemon
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{name: voice, match: {proto: udp}, wan: [wan1, wan2], "
+                     "duplicate: true}, {name: rtp, match: {dst_port: 5004}, wan: wan2, "
+                     "duplicate: {when_loss_above: 2%}}, {name: web, match: {proto: tcp}, "
+                     "wan: wan1}]\n")
+    gen = running_daemon(Lab("u").config(rules_file=str(rules)), tmp_path)
+    d = next(gen)
+    try:
+        listed = request(d.cfg.control_socket, {"cmd": "rules_list"})["rules"]
+        lines = {ln.split()[1]: ln for ln in render_rules(listed).splitlines()[2:]}
+        assert "wan1,wan2 duplicate " in lines["voice"] and "copy" in lines["voice"]
+        assert "wan2 duplicate when loss > 2% " in lines["rtp"] and "copy" not in lines["rtp"]
+        assert "duplicate" not in lines["web"] and "copy" not in lines["web"]
+    finally:
+        gen.close()
