@@ -23,6 +23,7 @@ import asyncio
 import gc
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -146,10 +147,20 @@ async def _in_child(request: dict[str, Any], timeout: float) -> tuple[bool, Any]
 
 
 def _decoded(returncode: int | None, out: bytes) -> tuple[bool, Any]:
+    if returncode is not None and returncode < 0:     # no traceback: say which signal
+        raise StagingFailed(f"staging child killed by {_signal_name(-returncode)} "
+                            "without an answer (the kernel log says if it was the OOM killer)")
     if returncode != 0 or not out:
         raise StagingFailed(f"staging child exited with {returncode} without an answer "
                             "(its error is in the daemon's log)")
     return pickle.loads(out)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
 
 
 def stage_file(cfg: SiteConfig, limits: Limits, timeout: float = TIMEOUT_S) -> StagedRules | None:

@@ -186,3 +186,12 @@ def test_a_hung_child_is_killed_and_steerctl_is_told(tmp_path, monkeypatch):
             assert d.ruleset.path == "a.yaml"
             assert _children_of(os.getpid()) == before
     asyncio.run(scenario())
+
+
+def test_a_killed_child_is_named_as_killed(tmp_path, monkeypatch):
+    """A child killed by a signal (the OOM killer's SIGKILL, say) is reported as
+    such: its error is not in the daemon's log, there is none."""
+    monkeypatch.setattr(stager, "CHILD", (sys.executable, "-c",
+                                          "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    with pytest.raises(stager.StagingFailed, match="staging child killed by SIGKILL"):
+        asyncio.run(stager._in_child({"op": "rules", "text": ""}, 60))
