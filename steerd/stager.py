@@ -41,8 +41,9 @@ RULES_PER_CHUNK = 250
 #: ~0.1 s to start, and 64 KiB of rules (~400) take ~30 ms of Python, which the
 #: thread gives up every 5 ms (sys.getswitchinterval) like any other thread.
 CHILD_MIN_BYTES = 64 * 1024
-#: The child: this interpreter, this package; at this much lower priority.
-CHILD = (sys.executable, "-m", "steerd.stager")
+#: The child: this interpreter, this package (-P: not a steerd/ that happens to
+#: lie in the daemon's working directory); at this much lower priority.
+CHILD = (sys.executable, "-P", "-m", "steerd.stager")
 CHILD_NICE = 5
 #: A child that has not answered by then is killed and the request fails.
 TIMEOUT_S = 300.0

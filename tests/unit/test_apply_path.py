@@ -195,3 +195,20 @@ def test_a_killed_child_is_named_as_killed(tmp_path, monkeypatch):
                                           "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     with pytest.raises(stager.StagingFailed, match="staging child killed by SIGKILL"):
         asyncio.run(stager._in_child({"op": "rules", "text": ""}, 60))
+
+
+def test_the_child_runs_the_daemons_steerd_whatever_its_directory(tmp_path, monkeypatch):
+    """`python -m` puts the working directory first on sys.path: a daemon started
+    from a directory holding another steerd/ (an old checkout, or a file planted
+    there) must not have that code staged, as root, in its child."""
+    planted = tmp_path / "steerd"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "stager.py").write_text("raise SystemExit('planted steerd ran')\n")
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, base_config(tmp_path))
+    cfg = parse_config(open(path).read(), path)
+    req = {"op": "rules", "text": rules_text(3), "path": "r.yaml", "cfg": cfg,
+           "limits": Limits(), "old": None}
+    ok, (staged, _) = asyncio.run(stager._in_child(req, 60))
+    assert ok and staged.nrules == 3
