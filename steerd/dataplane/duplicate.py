@@ -83,9 +83,13 @@ class Duplicator:
         self.attached: set[str] = set()
         self.warned: set[tuple[str, str]] = set()
         self.carried: dict[tuple[int, str], tuple[int, int]] = {}   # counts of released entries
+        # interface -> what a clone needs of it: read once (the wan table is rewritten
+        # for every site on every quality change), again after a relink or relayout
+        self.links: dict[str, Link] = {}
 
     def set_interfaces(self, interfaces: dict[int, str]) -> None:
         self.interfaces = dict(interfaces)
+        self.links.clear()
         if self.attached:
             self._attach()
 
@@ -93,8 +97,8 @@ class Duplicator:
         """The wan-table value that sends *key*'s packets on *tunnel* with a copy
         on *copy* (tunnel ids); None when no copy can be made (plain *tunnel* then)."""
         try:
-            e = entry_for(tunnel, read_link(self.interfaces[tunnel]), copy,
-                          read_link(self.interfaces[copy]))
+            e = entry_for(tunnel, self._link(self.interfaces[tunnel]), copy,
+                          self._link(self.interfaces[copy]))
         except (KeyError, OSError) as exc:
             e, why = None, f"interface unreadable: {exc}"
         else:
@@ -140,10 +144,17 @@ class Duplicator:
             _TC_THREAD.submit(detach, sorted(self.attached)).result()
             self.attached = set()
 
+    def _link(self, ifname: str) -> Link:
+        if ifname not in self.links:
+            self.links[ifname] = read_link(ifname)
+        return self.links[ifname]
+
     def relinked(self, interfaces: list[str]) -> None:
         """Tunnel interfaces were created again (new ifindex, no filters): the
         egress filter goes back on them and every entry is rewritten from the
         links as they are now."""
+        for ifname in interfaces:
+            self.links.pop(ifname, None)
         if self.attached:
             self.attached -= set(interfaces)
             self._attach()
