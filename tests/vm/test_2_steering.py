@@ -10,6 +10,8 @@ order and restore every impairment they set:
     a rule's flows leave only through its WAN role's tunnel;
 (c) failover: 100 % netem loss on one primary underlay moves its flows (time
     printed); all three primaries cut -> the secondaries carry the traffic;
+(f) issue 16: a busy tunnel (200 pkt/s up from the site) cut both ways -> down from
+    its upstream silence, well inside the 1 s probe interval;
 (e) `swanctl --terminate` of one IKE SA -> the tunnel is down at once (XFRM awareness).
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 import vmlab
 from measure import measured
 from steerd.cli import request
-from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send, split
+from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send, send_up, split
 
 PRIMARY = [lk for lk in vmlab.LINKS if lk.role == "primary"]
 SECONDARY = [lk for lk in vmlab.LINKS if lk.role == "secondary"]
@@ -321,6 +323,37 @@ def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
     assert stayed == len(others), f"{len(others) - stayed} flows of healthy tunnels moved"
     back = _wait_all_up(steerd, [lk.name])
     measured("recovery after the loss ends", f"{lk.name} up again {back:.1f} s after restoring the link")
+
+
+def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
+    """Issue 16 over real ESP: 200 pkt/s come up from the site through
+    pri-wan3 while flows go down; its underlay is cut both ways (netem 100 %
+    loss). steerd's link_down must come from the upstream silence, well inside
+    the 1 s probe interval (the event's own time stamp against the cut)."""
+    lk = PRIMARY[2]
+    _wait_all_up(steerd, [t.name for t in PRIMARY])
+    down = send(vm_lab, 300, duration=20.0, pps=1000, port=5106, background=True)
+    up = send_up(vm_lab, lk.name, 200, 20.0)
+    try:
+        time.sleep(4.0)    # the silence watch learns the stream's rate and rhythm
+        assert _tunnel(_status(steerd), lk.name)["state"] == "up"
+        t_cut = time.time()
+        vm_lab.impair(lk.name, vm_lab.netem_profile[lk.number][0], 0.0, 100.0)
+        evs, _ = _wait(lambda: [e for e in request(vm_lab.socket, {"cmd": "events", "since": t_cut})["events"]
+                                if e.get("type") == "link_down"], 5.0, 0.05, f"{lk.name} down")
+    finally:
+        vm_lab.restore(lk.name)
+        for p in (down, up):
+            if p.poll() is None:
+                p.kill()
+    ev = evs[0]
+    took = datetime.fromisoformat(ev["ts"]).timestamp() - t_cut
+    measured("traffic-driven detection (200 pkt/s up, 1 s probes)",
+             f"{lk.name} down {took:.3f} s after the underlay cut, reason {ev.get('reason')!r}")
+    assert ev["tunnel"] == lk.name, evs
+    assert ev["reason"].startswith("upstream silent"), evs
+    assert took < 0.7, f"down {took:.3f} s after the cut: {ev['reason']}"
+    _wait_all_up(steerd, [lk.name])
 
 
 def test_all_primaries_cut_secondaries_carry_traffic(vm_lab, steerd):

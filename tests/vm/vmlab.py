@@ -96,6 +96,15 @@ class Link:
     def site_id(self) -> str:
         return f"{self.wan}-{self.role}.site.steerd.test"
 
+    # steerd.lab.runner.send_up's names: the site's end of the tunnel, the gateway's address
+    @property
+    def site_if(self) -> str:
+        return self.xfrm
+
+    @property
+    def gw_addr(self) -> str:
+        return self.pop_inner
+
 
 LINKS = tuple(Link(r, i, i + (0 if r == "primary" else 3)) for r in ("primary", "secondary")
               for i in (1, 2, 3))
