@@ -10,6 +10,7 @@ classifier in ~10 s there); tests restore what they impair.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -18,6 +19,7 @@ import pytest
 
 import vmlab
 from measure import MEASURED, measured
+from steerd.lab.runner import SteerdProcess
 
 
 def pytest_configure(config):
@@ -100,3 +102,41 @@ def copy_to_log_dir(path: str, name: str) -> None:
     if os.environ.get("VM_LOG_DIR") and os.path.exists(path):
         os.makedirs("/run/steerd-vm-logs", exist_ok=True)
         shutil.copy(path, os.path.join("/run/steerd-vm-logs", name))
+
+
+class VmSteerd(SteerdProcess):
+    """steerd as the namespace lab starts it, with a start timeout for emulation
+    (imports and the bcc compile take tens of seconds under qemu TCG)."""
+
+    def _wait_ready(self, timeout: float = 300.0) -> None:
+        super()._wait_ready(timeout)
+
+
+_START_FAILED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def running_steerd(lab, cfg: dict, label: str, config_name: str = "steerd.yaml"):
+    """One steerd on *cfg* in the pop, for a test module (its fixture yields
+    from here): stopped, its log tail printed and the kernel cleaned up after.
+    A start that failed once fails every later test of the module at once
+    (pytest retries a failed module fixture for each test)."""
+    if label in _START_FAILED:
+        pytest.fail(f"steerd did not start (see the first test's error): {_START_FAILED[label]}",
+                    pytrace=False)
+    t0 = time.monotonic()
+    path = lab.write_config(cfg, config_name)
+    try:
+        proc = VmSteerd(lab, path)
+    except Exception as exc:
+        _START_FAILED[label] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        kills = [ln for ln in vmlab.sh("dmesg", check=False).splitlines() if "Killed process" in ln]
+        if kills:   # e.g. the bcc compile ran the guest out of memory (VM_MEM)
+            print("guest kernel:", *kills[-3:], sep="\n  ")
+        raise
+    measured(f"{label} (bcc compile + attach, emulated)", f"{time.monotonic() - t0:.1f} s")
+    yield proc
+    code = proc.stop()
+    print(proc.tail(30))
+    proc.cleanup()
+    assert code in (0, -15), f"steerd exited with {code}"

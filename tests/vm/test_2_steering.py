@@ -10,8 +10,8 @@ order and restore every impairment they set:
     a rule's flows leave only through its WAN role's tunnel;
 (c) failover: 100 % netem loss on one primary underlay moves its flows (time
     printed); all three primaries cut -> the secondaries carry the traffic;
-(f) issue 16: a busy tunnel (200 pkt/s up from the site) cut both ways -> down from
-    its upstream silence, well inside the 1 s probe interval;
+(f) issue 16: a busy tunnel (200 pkt/s up from the site) cut both ways -> a suspect
+    from its upstream silence and down inside the 1 s probe interval;
 (e) `swanctl --terminate` of one IKE SA -> the tunnel is down at once (XFRM awareness).
 """
 from __future__ import annotations
@@ -29,9 +29,10 @@ from datetime import datetime
 import pytest
 
 import vmlab
+from conftest import running_steerd
 from measure import measured
 from steerd.cli import request
-from steerd.lab.runner import Receiver, SteerdProcess, flow_tunnels, send, send_up, split
+from steerd.lab.runner import Receiver, flow_tunnels, send, send_up, split
 
 PRIMARY = [lk for lk in vmlab.LINKS if lk.role == "primary"]
 SECONDARY = [lk for lk in vmlab.LINKS if lk.role == "secondary"]
@@ -40,37 +41,10 @@ XFRM_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xfrm_tool.
 IFRATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ifrate.py")
 
 
-class VmSteerd(SteerdProcess):
-    """steerd as the namespace lab starts it, with a start timeout for emulation
-    (imports and the bcc compile take tens of seconds under qemu TCG)."""
-
-    def _wait_ready(self, timeout: float = 300.0) -> None:
-        super()._wait_ready(timeout)
-
-
-_START_FAILED: list[str] = []
-
-
 @pytest.fixture(scope="module")
 def steerd(vm_lab):
-    if _START_FAILED:   # pytest retries a failed module fixture for every test: don't wait again
-        pytest.fail(f"steerd did not start (see the first test's error): {_START_FAILED[0]}", pytrace=False)
-    t0 = time.monotonic()
-    path = vm_lab.write_config(vm_lab.steerd_config())
-    try:
-        proc = VmSteerd(vm_lab, path)
-    except Exception as exc:
-        _START_FAILED.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        kills = [ln for ln in vmlab.sh("dmesg", check=False).splitlines() if "Killed process" in ln]
-        if kills:   # e.g. the bcc compile ran the guest out of memory (VM_MEM)
-            print("guest kernel:", *kills[-3:], sep="\n  ")
-        raise
-    measured("steerd start (bcc compile + attach, emulated)", f"{time.monotonic() - t0:.1f} s")
-    yield proc
-    code = proc.stop()
-    print(proc.tail(30))
-    proc.cleanup()
-    assert code in (0, -15), f"steerd exited with {code}"
+    with running_steerd(vm_lab, vm_lab.steerd_config(), "steerd start") as proc:
+        yield proc
 
 
 def _status(steerd) -> dict:
@@ -327,10 +301,12 @@ def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
 
 def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
     """Issue 16 over real ESP: 200 pkt/s come up from the site through
-    pri-wan3 while flows go down; its underlay is cut both ways (netem 100 %
-    loss). steerd's link_down must come from the upstream silence, well inside
-    the 1 s probe interval (the event's own time stamp against the cut)."""
-    lk = PRIMARY[2]
+    pri-wan1 while flows go down; its underlay is cut both ways (netem 100 %
+    loss). The silence makes it a suspect well inside the 1 s probe interval,
+    and its link_down (the confirmations, 5 ms apart, each late after
+    max(3 x SRTT, SRTT + 4 RTTVAR)) comes inside that interval too: faster
+    than probe timing could tell (timed by the event's own time stamp)."""
+    lk = PRIMARY[0]
     _wait_all_up(steerd, [t.name for t in PRIMARY])
     down = send(vm_lab, 300, duration=20.0, pps=1000, port=5106, background=True)
     up = send_up(vm_lab, lk.name, 200, 20.0)
@@ -348,11 +324,14 @@ def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
                 p.kill()
     ev = evs[0]
     took = datetime.fromisoformat(ev["ts"]).timestamp() - t_cut
+    m = re.match(r"upstream silent (\d+) ms", ev.get("reason", ""))
     measured("traffic-driven detection (200 pkt/s up, 1 s probes)",
-             f"{lk.name} down {took:.3f} s after the underlay cut, reason {ev.get('reason')!r}")
+             f"{lk.name} suspect after {m.group(1) if m else '?'} ms of silence, down {took:.3f} s after the "
+             f"underlay cut (reason {ev.get('reason')!r})")
     assert ev["tunnel"] == lk.name, evs
-    assert ev["reason"].startswith("upstream silent"), evs
-    assert took < 0.7, f"down {took:.3f} s after the cut: {ev['reason']}"
+    assert m, evs
+    assert int(m.group(1)) < 500, ev["reason"]
+    assert took < 1.0, f"down {took:.3f} s after the cut: {ev['reason']}"
     _wait_all_up(steerd, [lk.name])
 
 

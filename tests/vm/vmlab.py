@@ -53,11 +53,12 @@ class Link:
 
     role: str       # primary | secondary
     index: int      # 1..3 within the role
-    number: int     # 1..6 overall = if_id
+    number: int     # 1..6 overall = if_id (the second site's links: 7, 8)
+    tag: str = ""   # "b-" for the second site's links (hub mode)
 
     @property
     def name(self) -> str:           # steerd tunnel name and swanctl connection name
-        return f"{'pri' if self.role == 'primary' else 'sec'}-wan{self.index}"
+        return f"{self.tag}{'pri' if self.role == 'primary' else 'sec'}-wan{self.index}"
 
     @property
     def wan(self) -> str:
@@ -65,7 +66,7 @@ class Link:
 
     @property
     def underlay(self) -> str:       # the veth on both sides (same name, different namespaces)
-        return f"u-{self.role[0]}{self.index}"
+        return f"u-{self.tag}{self.role[0]}{self.index}"
 
     @property
     def xfrm(self) -> str:
@@ -94,7 +95,7 @@ class Link:
 
     @property
     def site_id(self) -> str:
-        return f"{self.wan}-{self.role}.site.steerd.test"
+        return f"{self.tag}{self.wan}-{self.role}.site.steerd.test"
 
     # steerd.lab.runner.send_up's names: the site's end of the tunnel, the gateway's address
     @property
@@ -112,11 +113,18 @@ BANDWIDTHS = {1: 100, 2: 50, 3: 25}
 # one-way delay (ms), jitter (ms), loss (%) on each side's egress: primaries give
 # 20/40/80 ms round trips, secondaries 30 ms with some jitter
 DEFAULT_NETEM = {1: (10.0, 0.0, 0.0), 2: (20.0, 0.0, 0.0), 3: (40.0, 0.0, 0.0),
-                 4: (15.0, 1.0, 0.0), 5: (15.0, 1.0, 0.0), 6: (15.0, 1.0, 0.0)}
+                 4: (15.0, 1.0, 0.0), 5: (15.0, 1.0, 0.0), 6: (15.0, 1.0, 0.0),
+                 7: (10.0, 0.0, 0.0), 8: (10.0, 0.0, 0.0)}
+# hub mode (issue 13): a second site with two primary tunnels of its own, weighted
+# the other way round from the first site's (30:90 against 100:50:25)
+SITE_B = "branch-b"
+SITE_B_RANGE = "10.21.0.0/16"
+SITE_B_LINKS = (Link("primary", 1, 7, "b-"), Link("primary", 2, 8, "b-"))
+SITE_B_BANDWIDTHS = {1: 30, 2: 90}
 
 
 def link(name: str) -> Link:
-    for lk in LINKS:
+    for lk in LINKS + SITE_B_LINKS:
         if name in (lk.name, lk.underlay, lk.xfrm):
             return lk
     raise KeyError(name)
@@ -481,8 +489,10 @@ class VmLab:
 
     def __post_init__(self) -> None:
         self.core, self.gw, self.site = (f"{self.prefix}core", f"{self.prefix}pop", f"{self.prefix}site")
+        self.site_b = f"{self.prefix}site2"
         self.pop = self.gw
         self.places = {"core": Place(self.core), "pop": Place(self.pop), "site": Place(self.site)}
+        self.hub = False     # add_second_site() ran: the pop terminates two sites
 
     # steerd.lab.runner's expectations
     @property
@@ -541,6 +551,10 @@ class VmLab:
             "ingress": ["core0"],
             "network_ranges": {"lan": SITE_RANGE},
             "failback_hold": "2s",
+            # the emulated guest's own timing noise on a busy host reaches 30-70 ms of
+            # probe jitter (the default SLA's 30 ms would mark healthy tunnels degraded
+            # and move flows under the tests' feet); no test here impairs jitter
+            "health": {"jitter_ms": 150},
             "metrics": {"listen": "127.0.0.1:9469"},
             "control_socket": self.socket,
             "dataplane": {"bpffs": self.bpffs},
@@ -562,6 +576,57 @@ class VmLab:
         cfg.update(top)
         return cfg
 
+    def hub_config(self, **top) -> dict:
+        """The pop's steerd config in hub mode: the first site's tunnels and
+        ranges, and the second site's (its own weights), one `ipsec:` section."""
+        cfg = self.steerd_config(**top)
+        first = {k: cfg.pop(k) for k in ("site", "network_ranges", "tunnels")}
+        second = {"site": SITE_B, "network_ranges": {"lan": SITE_B_RANGE}, "tunnels": [{
+            "name": lk.name, "ha_role": lk.role, "wan": lk.wan, "interface": lk.xfrm,
+            "public_ip": lk.site_wan, "probe_target": lk.site_inner,
+            "bandwidth": {"down_mbps": SITE_B_BANDWIDTHS[lk.index], "up_mbps": 20},
+        } for lk in SITE_B_LINKS]}
+        cfg["sites"] = [first, second]
+        cfg["ipsec"]["tunnels"].update({lk.name: {"remote_id": {"fqdn": lk.site_id}, "local_addr": lk.pop_wan,
+                                                  "if_id": lk.if_id} for lk in SITE_B_LINKS})
+        return cfg
+
+    def add_second_site(self) -> float:
+        """The second site (namespace site2, SITE_B_RANGE) with its own WAN links,
+        XFRM interfaces and charon (initiator); the pop's charon reloads the
+        swanctl.conf rendered from the hub config. Returns seconds until its
+        tunnels are up."""
+        t0 = time.monotonic()
+        pop, site2 = self.places["pop"], Place(self.site_b)
+        self.places["site2"] = site2
+        Place(None).batch("ip", [f"netns add {self.site_b}"] + [
+            f"link add {lk.underlay} netns {self.pop} type veth peer name {lk.underlay} netns {self.site_b}"
+            for lk in SITE_B_LINKS])
+        lines: dict[str, list[str]] = {"pop": [], "site": ["link set lo up"]}
+        for lk in SITE_B_LINKS:
+            for side, wan, inner in (("pop", lk.pop_wan, lk.pop_inner), ("site", lk.site_wan, lk.site_inner)):
+                lines[side] += [f"addr add {wan}/24 dev {lk.underlay}", f"link set {lk.underlay} up",
+                                f"link add {lk.xfrm} type xfrm dev {lk.underlay} if_id {lk.if_id}",
+                                f"addr add {inner}/30 dev {lk.xfrm}", f"link set {lk.xfrm} up"]
+        lines["site"].append(f"route add local {SITE_B_RANGE} dev lo")
+        for side, place in (("pop", pop), ("site", site2)):
+            place.batch("ip", lines[side])
+            place.sysctl(*[f"net.ipv4.conf.{lk.xfrm}.rp_filter=0" for lk in SITE_B_LINKS],
+                         "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+            place.batch("tc", [netem_line(lk.underlay, *self.netem_profile[lk.number]) for lk in SITE_B_LINKS])
+        self.hub = True
+        psks = lab_psks(self.links + SITE_B_LINKS)
+        write_secrets(self.secrets_path, psks)
+        charon = Charon(site2, "site2", os.path.join(self.run_dir, "charon-site2"))
+        charon.write(site_swanctl_conf(SITE_B_LINKS, psks))
+        self.charons["site2"] = charon
+        charon.start()
+        self.charons["pop"].write(self.pop_swanctl_conf())
+        self.charons["pop"].load()
+        charon.load()
+        self.wait_tunnels(90, SITE_B_LINKS)
+        return time.monotonic() - t0
+
     def write_config(self, cfg: dict, name: str = "steerd.yaml") -> str:
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.join(self.run_dir, name)
@@ -573,7 +638,7 @@ class VmLab:
         """The pop's swanctl.conf as `steerctl ipsec render --show-secrets` makes it."""
         from steerd.config import load_config
         from steerd.ipsec import render
-        cfg = load_config(self.write_config(self.steerd_config()))
+        cfg = load_config(self.write_config(self.hub_config() if self.hub else self.steerd_config()))
         return render(cfg.ipsec, cfg, self.secrets_path, show_secrets=True)
 
     def start_ike(self) -> None:
@@ -675,7 +740,7 @@ class VmLab:
         self.charons = {}
         existing = json.loads(sh("ip", "-j", "netns", "list", check=False) or "[]")
         names = {n["name"] for n in existing}
-        for ns in (self.core, self.pop, self.site):
+        for ns in (self.core, self.pop, self.site, self.site_b):
             if ns in names:
                 # charon/steerd started by an earlier, killed run: end what lives in the namespace
                 pids = sh("ip", "netns", "pids", ns, check=False).split()
@@ -689,6 +754,8 @@ class VmLab:
         if os.path.ismount(bpf):
             sh("umount", bpf, check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.places.pop("site2", None)
+        self.hub = False
 
 
 # ------------------------------------------------------------------ a whole machine (Vagrant)
