@@ -116,7 +116,7 @@ _START_FAILED: dict[str, str] = {}
 
 
 @contextlib.contextmanager
-def running_steerd(lab, cfg: dict, label: str, config_name: str = "steerd.yaml"):
+def running_steerd(lab, cfg: dict, label: str, config_name: str = "steerd.yaml", *args: str):
     """One steerd on *cfg* in the pop, for a test module (its fixture yields
     from here): stopped, its log tail printed and the kernel cleaned up after.
     A start that failed once fails every later test of the module at once
@@ -127,7 +127,7 @@ def running_steerd(lab, cfg: dict, label: str, config_name: str = "steerd.yaml")
     t0 = time.monotonic()
     path = lab.write_config(cfg, config_name)
     try:
-        proc = VmSteerd(lab, path)
+        proc = VmSteerd(lab, path, args)
     except Exception as exc:
         _START_FAILED[label] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         kills = [ln for ln in vmlab.sh("dmesg", check=False).splitlines() if "Killed process" in ln]

@@ -660,15 +660,17 @@ class VmLab:
         """Wait until every link has ESP SAs with its if_id on both sides; seconds taken."""
         t0 = time.monotonic()
         want = {lk.if_id for lk in (links or self.links)}
+        # the far end of each link: the second site's in its own namespace
+        far = "site2" if want <= {lk.if_id for lk in SITE_B_LINKS} else "site"
         while time.monotonic() - t0 < timeout:
-            pop, site = sa_if_ids(self.places["pop"]), sa_if_ids(self.places["site"])
+            pop, site = sa_if_ids(self.places["pop"]), sa_if_ids(self.places[far])
             if all(pop.get(i, 0) >= 2 and site.get(i, 0) >= 2 for i in want):
                 took = time.monotonic() - t0
                 self.timings.setdefault("tunnels_up", took)
                 return took
             time.sleep(0.2)
         raise TimeoutError(f"tunnels not up after {timeout}s: pop SAs {sa_if_ids(self.places['pop'])}, "
-                           f"site SAs {sa_if_ids(self.places['site'])}\n--- pop charon:\n"
+                           f"{far} SAs {sa_if_ids(self.places[far])}\n--- pop charon:\n"
                            f"{self.charons['pop'].tail()}\n--- site charon:\n{self.charons['site'].tail()}")
 
     # -- operate -----------------------------------------------------------------
