@@ -10,7 +10,7 @@ order and restore every impairment they set:
     a rule's flows leave only through its WAN role's tunnel;
 (c) failover: 100 % netem loss on one primary underlay moves its flows (time
     printed); all three primaries cut -> the secondaries carry the traffic;
-(f) issue 16: a busy tunnel (500 pkt/s up from the site) cut both ways -> a suspect
+(f) issue 16: a busy tunnel (150 pkt/s up from the site) cut both ways -> a suspect
     from its upstream silence and down inside the 1 s probe interval;
 (e) `swanctl --terminate` of one IKE SA -> the tunnel is down at once (XFRM awareness).
 """
@@ -302,7 +302,7 @@ def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
 
 
 def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
-    """Issue 16 over real ESP: 500 pkt/s come up from the site through
+    """Issue 16 over real ESP: 150 pkt/s come up from the site through
     pri-wan1 while flows go down; its underlay is cut both ways (netem 100 %
     loss). The silence makes it a suspect well inside the 1 s probe interval,
     and its link_down (the confirmations, 5 ms apart, each late after
@@ -310,8 +310,10 @@ def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
     than probe timing could tell (timed by the event's own time stamp)."""
     lk = PRIMARY[0]
     _wait_all_up(steerd, [t.name for t in PRIMARY])
-    down = send(vm_lab, 300, duration=20.0, pps=1000, port=5106, background=True)
-    up = send_up(vm_lab, lk.name, 500, 20.0)
+    # modest rates: ESP is software crypto under emulation, and a saturated guest
+    # delays the daemon's confirmation probes, not what is measured here
+    down = send(vm_lab, 60, duration=20.0, pps=200, port=5106, background=True)
+    up = send_up(vm_lab, lk.name, 150, 20.0)
     try:
         time.sleep(4.0)    # the silence watch learns the stream's rate and rhythm
         assert _tunnel(_status(steerd), lk.name)["state"] == "up"
@@ -331,7 +333,7 @@ def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
         print("suspicions:", *[ln.rstrip() for ln in f if f"{lk.name} suspect" in ln][-5:], sep="\n  ")
     print("tunnel at the end:", {k: v for k, v in _tunnel(_status(steerd), lk.name).items()
                                  if k in ("state", "loss_pct", "rtt_ms", "jitter_ms")})
-    measured("traffic-driven detection (500 pkt/s up, 1 s probes)",
+    measured("traffic-driven detection (150 pkt/s up, 1 s probes)",
              f"{lk.name} suspect after {m.group(1) if m else '?'} ms of silence, down {took:.3f} s after the "
              f"underlay cut (reason {ev.get('reason')!r})")
     assert ev["tunnel"] == lk.name, evs
