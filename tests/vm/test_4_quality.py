@@ -14,9 +14,9 @@ import time
 import pytest
 
 import vmlab
+from conftest import running_steerd
 from measure import measured
 from steerd.cli import request
-from steerd.lab.runner import SteerdProcess
 from steerd.lab.seqflow import collect, send_flows, start_receiver
 
 VOICE, PLAIN = "10.20.5.1", "10.20.6.1"
@@ -32,22 +32,10 @@ RULES = """rules:
 """
 
 
-class VmSteerd(SteerdProcess):
-    """steerd with a start timeout for emulation (the bcc compile takes tens of seconds)."""
-
-    def _wait_ready(self, timeout: float = 300.0) -> None:
-        super()._wait_ready(timeout)
-
-
 @pytest.fixture(scope="module")
 def steerd(vm_lab):
-    path = vm_lab.write_config(vm_lab.steerd_config())
-    proc = VmSteerd(vm_lab, path)
-    yield proc
-    code = proc.stop()
-    print(proc.tail(30))
-    proc.cleanup()
-    assert code in (0, -15), f"steerd exited with {code}"
+    with running_steerd(vm_lab, vm_lab.steerd_config(), "quality steerd start") as proc:
+        yield proc
 
 
 def _esp_out(vm_lab, lk: vmlab.Link) -> int:
