@@ -1,4 +1,4 @@
-"""One bpf filter on many interfaces' clsact ingress in a few netlink exchanges.
+"""One bpf filter on (or off) many interfaces' clsact hooks in a few netlink exchanges.
 
 The upstream counter sits on every tunnel interface: 3,000 of them on a hub.
 pyroute2 encodes each request in Python and waits for its answer (0.4 ms a
@@ -21,6 +21,7 @@ from .tc import FILTER_HANDLE, INGRESS_PARENT
 NLMSG_ERROR = 2
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
+RTM_DELTFILTER = 45
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 TCA_KIND, TCA_OPTIONS = 1, 2
@@ -48,15 +49,24 @@ def clsact_add(seq: int, ifindex: int) -> bytes:
                   ifindex, 0xFFFF0000, TC_H_CLSACT, 0, _attr(TCA_KIND, b"clsact\0"))
 
 
-def bpf_filter_replace(seq: int, ifindex: int, prog_fd: int, prio: int, name: str) -> bytes:
-    """`tc filter replace dev X ingress prio P handle 0x5e bpf da fd F name N`."""
+def bpf_filter_replace(seq: int, ifindex: int, prog_fd: int, prio: int, name: str,
+                       parent: int = INGRESS_PARENT) -> bytes:
+    """`tc filter replace dev X ingress|egress prio P handle 0x5e bpf da fd F name N`."""
     opts = (_attr(TCA_BPF_FD, struct.pack("=I", prog_fd))
             + _attr(TCA_BPF_NAME, name.encode() + b"\0")
             + _attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
     info = (prio << 16) | socket.htons(ETH_P_ALL)
     return _tcmsg(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, seq,
-                  ifindex, FILTER_HANDLE, INGRESS_PARENT, info,
+                  ifindex, FILTER_HANDLE, parent, info,
                   _attr(TCA_KIND, b"bpf\0") + _attr(TCA_OPTIONS, opts))
+
+
+def bpf_filter_delete(seq: int, ifindex: int, prio: int, parent: int) -> bytes:
+    """`tc filter del dev X ingress|egress prio P handle 0x5e bpf` (the clsact
+    stays: other filters of ours, the upstream counter's, share it)."""
+    info = (prio << 16) | socket.htons(ETH_P_ALL)
+    return _tcmsg(RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK, seq, ifindex, FILTER_HANDLE,
+                  parent, info, _attr(TCA_KIND, b"bpf\0"))
 
 
 def exchange(messages: list[bytes]) -> list[int]:
@@ -81,13 +91,14 @@ def exchange(messages: list[bytes]) -> list[int]:
     return errors
 
 
-def attach_all(ifindexes: list[int], prog_fd: int, prio: int, name: str) -> dict[int, str]:
-    """Put the program on every interface's clsact ingress (a clsact added
-    where none is). Returns the interfaces that refused: ifindex -> why."""
+def attach_all(ifindexes: list[int], prog_fd: int, prio: int, name: str,
+               parent: int = INGRESS_PARENT) -> dict[int, str]:
+    """Put the program on every interface's clsact ingress (or egress: *parent*),
+    a clsact added where none is. Returns the interfaces that refused: ifindex -> why."""
     msgs = []
     for i, ifindex in enumerate(ifindexes):
         msgs.append(clsact_add(2 * i, ifindex))
-        msgs.append(bpf_filter_replace(2 * i + 1, ifindex, prog_fd, prio, name))
+        msgs.append(bpf_filter_replace(2 * i + 1, ifindex, prog_fd, prio, name, parent))
     errs = exchange(msgs)
     failed = {}
     for i, ifindex in enumerate(ifindexes):
@@ -98,3 +109,11 @@ def attach_all(ifindexes: list[int], prog_fd: int, prio: int, name: str) -> dict
                 why += f" (clsact: {os.strerror(qdisc)})"
             failed[ifindex] = why
     return failed
+
+
+def detach_all(ifindexes: list[int], prio: int, parent: int) -> int:
+    """Take our filter of *prio* off every interface's *parent* hook; returns
+    how many were removed (an interface without it, or gone, is no error)."""
+    errs = exchange([bpf_filter_delete(i, ifindex, prio, parent)
+                     for i, ifindex in enumerate(ifindexes)])
+    return sum(1 for e in errs if e == 0)

@@ -83,3 +83,29 @@ def test_counter_for_a_thousand_sites_on_three_thousand_interfaces(hub_links):
         assert list(counter.packets([1, 6 * 999 + 2])) == [2, 0]
     finally:
         counter.close()
+
+
+def test_an_egress_filter_on_and_off_three_thousand_interfaces_in_one_batch(hub_links):
+    """What duplication does when its first rule starts copying and its last
+    stops (dataplane/duplicate.py): a filter onto every tunnel's egress and
+    off again in packed exchanges; the ingress counter beside it stays."""
+    from steerd.dataplane.tc import DUP_PRIO, EGRESS_PARENT
+    from steerd.dataplane.tcbatch import attach_all, detach_all
+    from steerd.dataplane.upstream import UpstreamCounter
+    netns = hub_links
+    counter = UpstreamCounter(tunnel_ids(1000))
+    try:
+        with in_netns(netns):
+            counter.set_interfaces({i: f"u{i}" for i in range(N)})
+            index = {f"u{i}": socket.if_nametoindex(f"u{i}") for i in range(N)}
+            # any loaded classifier does for the filter; the counter's is at hand
+            assert attach_all(list(index.values()), counter.fd, DUP_PRIO, "dup_egress",
+                              EGRESS_PARENT) == {}
+            sample = ["u0", "u1500", "u2999"]
+            assert all(attached(i, DUP_PRIO, EGRESS_PARENT) for i in sample)
+            assert detach_all(list(index.values()), DUP_PRIO, EGRESS_PARENT) == N
+            assert not any(attached(i, DUP_PRIO, EGRESS_PARENT) for i in sample)
+            assert all(attached(i, UPSTREAM_PRIO) for i in sample)
+            assert detach_all([index["u0"]], DUP_PRIO, EGRESS_PARENT) == 0   # none left: no error
+    finally:
+        counter.close()
