@@ -633,8 +633,9 @@ class Daemon:
         tasks = [self._supervise("rebalance loop", self.rebalance_loop()),
                  self._supervise("counters loop", self.counters_loop())]
         if self.probing:
-            self._start_probing(now)
-            self._start_xfrm()
+            self._start_xfrm()     # before the probes' phases start (a hub's link dump takes seconds)
+            self._start_probing(time.monotonic())
+            gc.freeze()            # the monitors and probers, like what start built
             self._start_links()
             self.heartbeat = time.monotonic()
             tasks.append(self._supervise("probe loop", self.probe_loop()))

@@ -306,7 +306,10 @@ class LinkMonitor:
             # keep the ideal cadence (a late tick does not shift every later probe)
             self._next_regular += interval
             if self._next_regular <= now:
-                self._next_regular = now + interval
+                # a stall longer than an interval: skip the missed slots but keep
+                # the phase (a hub's tunnels stay spread, not due all at once)
+                self._next_regular += interval * math.ceil((now - self._next_regular) / interval
+                                                           + 1e-9)
         episode = 0
         if self.suspect:
             episode = self._episode
