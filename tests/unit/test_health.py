@@ -495,3 +495,16 @@ def test_degraded_weight_follows_sustained_loss_not_the_last_window(seed):
     m, tr = run_path(P1, lambda seq, sent: None if sent >= 10 and rng.random() < 0.4 else 0.02, 70.5)
     assert m.state == "degraded" and downs(tr) == []
     assert 0.2 <= m.health_factor() <= 0.36
+
+
+@given(st.floats(0.0, 0.99), st.floats(0.0, 30.0))
+def test_a_stall_skips_missed_probes_but_keeps_the_phase(phase, stall):
+    """A loop stalled longer than an interval must not bring every tunnel's
+    probe to the same instant (a hub's 3,000 tunnels would then go in one turn)."""
+    m = LinkMonitor("t", P1, H, phase)
+    m.on_sent(1, phase)
+    late = phase + 1.0 + stall
+    m.on_sent(2, late)
+    nxt = m.next_probe_at()
+    assert late < nxt <= late + 1.0 + 1e-6
+    assert (nxt - phase) == pytest.approx(round(nxt - phase), abs=1e-6)    # on its own grid
