@@ -1,4 +1,5 @@
-/* Flow affinity table and the clock it ages flows with (steer.c's spread).
+/* Flow affinity table, each CPU's cache of it, and the clock they age flows
+ * with (steer.c's spread).
  *
  * Include after pkt.h, with PIN() defined (the table is pinned: a restarted
  * daemon keeps every live flow where it is).
@@ -57,10 +58,49 @@ static __always_inline u64 now_ns(void)
     return c->ns;
 }
 
-/* A flow's age; signed: another CPU's clock may be a tick ahead of ours. */
+/* Age of a stamp; signed: another CPU's clock may be a tick ahead of ours. */
+static __always_inline s64 age_of(u64 last_ns, u64 now)
+{
+    return (s64)(now - last_ns);
+}
+
 static __always_inline s64 flow_age(const struct flow_val *fv, u64 now)
 {
-    return (s64)(now - fv->last_ns);
+    return age_of(fv->last_ns, now);
+}
+
+/* A live flow's entry is refreshed (last_ns) at most this often: a write per
+ * packet would cost cache lines, and the daemon needs no finer age. */
+#define FLOW_REFRESH_NS 1000000000ll
+
+/* Each CPU's front of the flow table: a hash-map lookup costs ~35 ns here
+ * (tests/bench/packet), a per-CPU array entry ~2. The table stays the truth
+ * (the daemon reads it; restarts adopt it): an entry here is a copy of a
+ * table entry, used for at most FLOW_REFRESH_NS after that entry's last
+ * refresh, so the table is still looked up, and refreshed, about once a
+ * second per live flow and CPU. Direct-mapped by the flow id's second lane:
+ * two flows on one index take turns through the table, as without it. */
+#ifndef FLOW_CACHE_SIZE
+#define FLOW_CACHE_SIZE 4096
+#endif
+struct flow_cached {
+    struct flow_key id;
+    u32 tunnel;
+    u32 ver;
+    u64 last_ns;         /* the table entry's last_ns */
+    u32 kept;            /* the table entry's kept */
+    u32 pad;
+};
+BPF_PERCPU_ARRAY(flow_cache, struct flow_cached, FLOW_CACHE_SIZE);
+
+static __always_inline void flow_cache_put(struct flow_cached *fc, const struct flow_key *fk,
+                                           const struct flow_val *fv)
+{
+    fc->id = *fk;
+    fc->tunnel = fv->tunnel;
+    fc->ver = fv->ver;
+    fc->last_ns = fv->last_ns;
+    fc->kept = fv->kept;
 }
 
 #endif

@@ -147,16 +147,27 @@ static __always_inline u32 spread(const struct pkt *p, const struct steer_cfg *c
         return NO_TUNNEL;
 
     u64 now = now_ns();
+    s64 idle = cfg->flow_idle_ns;
+    u32 ci = fk.hash2 & (FLOW_CACHE_SIZE - 1);
+    struct flow_cached *fc = flow_cache.lookup(&ci);
+    if (fc && fc->id.hash == fk.hash && fc->id.hash2 == fk.hash2 &&
+        (fc->ver == sl->ver || fc->kept) && age_of(fc->last_ns, now) < FLOW_REFRESH_NS &&
+        age_of(fc->last_ns, now) < idle && tunnel_up(fc->tunnel))
+        return fc->tunnel;
+
     struct flow_val *fv = flowtab.lookup(&fk);
-    if (fv && (fv->ver == sl->ver || fv->kept) && flow_age(fv, now) < (s64)cfg->flow_idle_ns &&
+    if (fv && (fv->ver == sl->ver || fv->kept) && flow_age(fv, now) < idle &&
         tunnel_up(fv->tunnel)) {
-        /* refresh at most every ~second: a write per packet costs cache lines */
-        if (flow_age(fv, now) > 1000000000ll)
+        if (flow_age(fv, now) > FLOW_REFRESH_NS)
             fv->last_ns = now;
+        if (fc)
+            flow_cache_put(fc, &fk, fv);
         return fv->tunnel;
     }
     struct flow_val nv = { .tunnel = sl->tunnel, .ver = sl->ver, .last_ns = now, .slot = sidx };
     flowtab.update(&fk, &nv);
+    if (fc)
+        flow_cache_put(fc, &fk, &nv);
     return sl->tunnel;
 }
 
