@@ -303,12 +303,15 @@ def test_loss_on_a_primary_underlay_moves_its_flows(vm_lab, steerd):
 
 def test_busy_tunnel_cut_detected_from_its_own_traffic(vm_lab, steerd):
     """Issue 16 over real ESP: 150 pkt/s come up from the site through
-    pri-wan1 while flows go down; its underlay is cut both ways (netem 100 %
+    pri-wan2 while flows go down; its underlay is cut both ways (netem 100 %
     loss). The silence makes it a suspect well inside the 1 s probe interval
     (before probe timing could tell) and the confirmations (5 ms apart, each
     late after max(3 x SRTT, SRTT + 4 RTTVAR)) take it down: the event says
     so and carries its own time stamp."""
-    lk = PRIMARY[0]
+    # not pri-wan1: the loss test before cut it, and the lost probes in its history
+    # raise the loss estimate so far that a traffic suspicion would need more than
+    # the confirmations allowed (left to probe timing, by design)
+    lk = PRIMARY[1]
     _wait_all_up(steerd, [t.name for t in PRIMARY])
     # modest rates: ESP is software crypto under emulation, and a saturated guest
     # delays the daemon's confirmation probes, not what is measured here
